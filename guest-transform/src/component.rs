@@ -1,0 +1,82 @@
+//! The adapter between the WIT bindings and the logic: conversions only, no rules.
+
+mod bindings {
+    wit_bindgen::generate!({
+        world: "campaign-transform",
+        path: "../wit",
+    });
+}
+
+use bindings::campaign_push::transform::{subscribers, types};
+use bindings::exports::campaign_push::transform::transform::Guest;
+
+use crate::{EventOutcome, PackedStrings, SkipReason, SubscriberLookup};
+
+struct Component;
+
+bindings::export!(Component with_types_in bindings);
+
+impl Guest for Component {
+    fn version() -> String {
+        crate::VERSION.to_owned()
+    }
+
+    fn transform_batch(
+        now: i64,
+        events: Vec<types::InputEvent>,
+    ) -> Result<Vec<types::EventOutcome>, types::BatchError> {
+        let values = events.iter().map(|event| event.value.as_slice());
+        match crate::transform_batch(now, values, &mut HostSubscribers) {
+            Ok(outcomes) => Ok(outcomes.into_iter().map(to_wit_outcome).collect()),
+            Err(crate::BatchError::NowOutOfRange(now)) => {
+                Err(types::BatchError::NowOutOfRange(now))
+            }
+        }
+    }
+}
+
+struct HostSubscribers;
+
+impl SubscriberLookup for HostSubscribers {
+    fn subscribers_of(&mut self, restaurant_id: &str) -> PackedStrings {
+        let packed = subscribers::subscribers_of(restaurant_id);
+        PackedStrings {
+            data: packed.data,
+            ends: packed.ends,
+        }
+    }
+}
+
+fn to_wit_outcome(outcome: EventOutcome) -> types::EventOutcome {
+    match outcome {
+        EventOutcome::FanOut(fan_out) => types::EventOutcome::FanOut(types::FanOut {
+            campaign: types::Campaign {
+                restaurant_id: fan_out.campaign.restaurant_id,
+                adv_campaign_id: fan_out.campaign.adv_campaign_id,
+                adv_campaign_content: fan_out.campaign.adv_campaign_content,
+                adv_campaign_owner: fan_out.campaign.adv_campaign_owner,
+                adv_campaign_owner_contact: fan_out.campaign.adv_campaign_owner_contact,
+                adv_campaign_datetime_start: fan_out.campaign.adv_campaign_datetime_start,
+                adv_campaign_datetime_end: fan_out.campaign.adv_campaign_datetime_end,
+                datetime_created: fan_out.campaign.datetime_created,
+            },
+            trigger_datetime_created: fan_out.trigger_datetime_created,
+            client_ids: to_wit_packed(fan_out.client_ids),
+            messages: to_wit_packed(fan_out.messages),
+        }),
+        EventOutcome::Skipped(SkipReason::Expired) => {
+            types::EventOutcome::Skipped(types::SkipReason::Expired)
+        }
+        EventOutcome::Skipped(SkipReason::NotYetStarted) => {
+            types::EventOutcome::Skipped(types::SkipReason::NotYetStarted)
+        }
+        EventOutcome::Rejected(rejection) => types::EventOutcome::Rejected(rejection.to_string()),
+    }
+}
+
+fn to_wit_packed(packed: PackedStrings) -> types::PackedStrings {
+    types::PackedStrings {
+        data: packed.data,
+        ends: packed.ends,
+    }
+}

@@ -1,0 +1,149 @@
+//! The batch transform: validation, active window, join with the subscribers, message shaping.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+use crate::event::{BadEvent, Campaign, parse_campaign};
+use crate::message::MessageTemplate;
+use crate::packed::PackedStrings;
+
+/// The host's subscriber table, seen from the transform.
+pub trait SubscriberLookup {
+    /// Client ids subscribed to `restaurant_id`, possibly with duplicates.
+    fn subscribers_of(&mut self, restaurant_id: &str) -> PackedStrings;
+}
+
+/// The output of one valid, active event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanOut {
+    pub campaign: Campaign,
+    pub trigger_datetime_created: i32,
+    /// Distinct client ids, in lookup order; also the Kafka keys.
+    pub client_ids: PackedStrings,
+    /// One JSON message per client id, same order.
+    pub messages: PackedStrings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    Expired,
+    NotYetStarted,
+}
+
+/// What one input event became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    FanOut(FanOut),
+    Skipped(SkipReason),
+    Rejected(Rejection),
+}
+
+/// Why an event is refused: bad content, or a subscriber list the host garbled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    BadEvent(BadEvent),
+    MalformedSubscribers { restaurant_id: String },
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::BadEvent(bad) => bad.fmt(f),
+            Rejection::MalformedSubscribers { restaurant_id } => write!(
+                f,
+                "the host returned a malformed subscriber list for restaurant `{restaurant_id}`"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchError {
+    /// `now` does not fit the int4 column `trigger_datetime_created`.
+    NowOutOfRange(i64),
+}
+
+/// A fixed-key hasher: no seed means no `wasi:random` import, and the keys come from our own
+/// database, so there is no flooding adversary to defend against.
+type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+/// Transforms a batch of event values at `now`; one outcome per value, in order.
+pub fn transform_batch<'a>(
+    now: i64,
+    values: impl IntoIterator<Item = &'a [u8]>,
+    lookup: &mut impl SubscriberLookup,
+) -> Result<Vec<EventOutcome>, BatchError> {
+    let trigger = i32::try_from(now).map_err(|_| BatchError::NowOutOfRange(now))?;
+    // Several events of one batch often share a restaurant: look it up and de-duplicate once.
+    let mut clients_by_restaurant: HashMap<String, Option<PackedStrings>, FixedState> =
+        HashMap::default();
+    let outcomes = values
+        .into_iter()
+        .map(|value| {
+            let campaign = match parse_campaign(value) {
+                Ok(campaign) => campaign,
+                Err(bad) => return EventOutcome::Rejected(Rejection::BadEvent(bad)),
+            };
+            if let Some(reason) = inactive_reason(&campaign, now) {
+                return EventOutcome::Skipped(reason);
+            }
+            let clients = clients_by_restaurant
+                .entry(campaign.restaurant_id.clone())
+                .or_insert_with(|| distinct(&lookup.subscribers_of(&campaign.restaurant_id)));
+            match clients {
+                Some(clients) => EventOutcome::FanOut(fan_out(campaign, trigger, clients.clone())),
+                None => EventOutcome::Rejected(Rejection::MalformedSubscribers {
+                    restaurant_id: campaign.restaurant_id,
+                }),
+            }
+        })
+        .collect();
+    Ok(outcomes)
+}
+
+/// `None` when `start <= now <= end`, both ends inclusive.
+pub fn inactive_reason(campaign: &Campaign, now: i64) -> Option<SkipReason> {
+    if now < campaign.adv_campaign_datetime_start {
+        Some(SkipReason::NotYetStarted)
+    } else if now > campaign.adv_campaign_datetime_end {
+        Some(SkipReason::Expired)
+    } else {
+        None
+    }
+}
+
+/// The distinct client ids, first occurrence kept; `None` if the list is malformed.
+fn distinct(subscribers: &PackedStrings) -> Option<PackedStrings> {
+    let mut seen: HashSet<&str, FixedState> =
+        HashSet::with_capacity_and_hasher(subscribers.len(), FixedState::default());
+    let mut out = PackedStrings::with_capacity(subscribers.len(), subscribers.data.len());
+    for client_id in subscribers.iter() {
+        let client_id = client_id?;
+        if seen.insert(client_id) {
+            out.push(client_id);
+        }
+    }
+    Some(out)
+}
+
+fn fan_out(campaign: Campaign, trigger: i32, client_ids: PackedStrings) -> FanOut {
+    let template = MessageTemplate::new(&campaign, trigger);
+    let mut messages = PackedStrings::with_capacity(
+        client_ids.len(),
+        client_ids.len() * template.message_len(0) + client_ids.data.len(),
+    );
+    // `client_ids` came out of `distinct`, which only keeps well-formed entries.
+    for client_id in client_ids.iter().flatten() {
+        template.render_into(client_id, &mut messages.data);
+        messages.seal();
+    }
+    FanOut {
+        campaign,
+        trigger_datetime_created: trigger,
+        client_ids,
+        messages,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! The wasmtime embedding of the transform guest.
+//!
+//! A [`GuestRuntime`] (one per process) compiles components; a [`LoadedGuest`] is a compiled
+//! component that has been checked against the `campaign-transform` world and asked for its
+//! version; a [`GuestInstance`] is one running instance with its own store, which transforms
+//! batches. The subscriber table reaches the guest through a [`SubscriberDirectory`].
+
+pub mod bindings;
+mod outcome;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use guest_transform::PackedStrings;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use bindings::types::InputEvent;
+pub use outcome::Outcome;
+
+use bindings::{CampaignTransform, CampaignTransformPre, types as wit};
+
+/// The host's subscriber table, as the guest's `subscribers-of` import sees it.
+pub trait SubscriberDirectory: Send + Sync + 'static {
+    /// Every client id subscribed to `restaurant_id`, exact text, duplicates allowed.
+    fn clients_of(&self, restaurant_id: &str) -> PackedStrings;
+}
+
+/// Who a loaded guest is: what it says of itself, and what its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestIdentity {
+    /// The guest's own `version()` string.
+    pub version: String,
+    /// SHA-256 of the component bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Why a component was refused. The previous guest, if any, stays in service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read guest file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    #[error("component does not fit the campaign-transform world: {0}")]
+    WorldMismatch(String),
+    #[error("component failed its first instantiation or version() call: {0}")]
+    Startup(String),
+}
+
+/// A failed batch call. The instance that returned it must not be used again.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("guest refused the batch: now = {0} does not fit int4 trigger_datetime_created")]
+    NowOutOfRange(i64),
+    #[error("guest returned {returned} outcomes for {sent} events")]
+    OutcomeCount { sent: usize, returned: usize },
+}
+
+/// Compiles and links guests. Cheap to clone.
+#[derive(Clone)]
+pub struct GuestRuntime {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+}
+
+impl GuestRuntime {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut linker = Linker::new(&engine);
+        // Rust's wasip2 std imports a dozen WASI interfaces even when they are never called;
+        // they are linked here against an empty context (see `GuestState`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+        CampaignTransform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("linking the subscribers import: {e:?}"))?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    pub fn load_file(&self, path: &Path) -> Result<LoadedGuest, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Compiles `wasm`, checks it against the world, instantiates it once and asks its version.
+    pub fn load(&self, wasm: &[u8]) -> Result<LoadedGuest, LoadError> {
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+        let pre = CampaignTransformPre::new(instance_pre)
+            .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let mut guest = LoadedGuest {
+            engine: self.engine.clone(),
+            pre,
+            identity: GuestIdentity {
+                version: String::new(),
+                sha256: hex(&Sha256::digest(wasm)),
+            },
+            imports,
+        };
+        let mut probe = guest
+            .instantiate(Arc::new(NoSubscribers))
+            .map_err(|e| LoadError::Startup(e.to_string()))?;
+        guest.identity.version = probe
+            .version()
+            .map_err(|e| LoadError::Startup(e.to_string()))?;
+        Ok(guest)
+    }
+}
+
+/// A compiled component that fits the world. Instantiating it is cheap (microseconds).
+pub struct LoadedGuest {
+    engine: Engine,
+    pre: CampaignTransformPre<GuestState>,
+    identity: GuestIdentity,
+    imports: Vec<String>,
+}
+
+impl LoadedGuest {
+    pub fn identity(&self) -> &GuestIdentity {
+        &self.identity
+    }
+
+    /// The names of the component's imports, e.g. to check how much WASI it asks for.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    pub fn instantiate(
+        &self,
+        directory: Arc<dyn SubscriberDirectory>,
+    ) -> Result<GuestInstance, CallError> {
+        let state = GuestState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            directory,
+        };
+        let mut store = Store::new(&self.engine, state);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
+        Ok(GuestInstance { store, bindings })
+    }
+}
+
+/// One instance of a guest, with its own memory. Not shared between threads.
+pub struct GuestInstance {
+    store: Store<GuestState>,
+    bindings: CampaignTransform,
+}
+
+impl GuestInstance {
+    pub fn version(&mut self) -> Result<String, CallError> {
+        self.bindings
+            .campaign_push_transform_transform()
+            .call_version(&mut self.store)
+            .map_err(|e| CallError::Trap(format!("{e:#}")))
+    }
+
+    /// Transforms `events` at `now`: one outcome per event, in order.
+    pub fn transform_batch(
+        &mut self,
+        now: i64,
+        events: &[InputEvent],
+    ) -> Result<Vec<Outcome>, CallError> {
+        let outcomes = self
+            .bindings
+            .campaign_push_transform_transform()
+            .call_transform_batch(&mut self.store, now, events)
+            .map_err(|e| CallError::Trap(format!("{e:#}")))?
+            .map_err(|wit::BatchError::NowOutOfRange(now)| CallError::NowOutOfRange(now))?;
+        if outcomes.len() != events.len() {
+            return Err(CallError::OutcomeCount {
+                sent: events.len(),
+                returned: outcomes.len(),
+            });
+        }
+        Ok(outcomes.into_iter().map(Outcome::from_wit).collect())
+    }
+}
+
+/// The store's data: an empty WASI context (no files, sockets, environment or arguments) and the
+/// subscriber directory behind the import.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    directory: Arc<dyn SubscriberDirectory>,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::campaign_push::transform::types::Host for GuestState {}
+
+impl bindings::campaign_push::transform::subscribers::Host for GuestState {
+    fn subscribers_of(&mut self, restaurant_id: String) -> wit::PackedStrings {
+        outcome::to_wit_packed(self.directory.clients_of(&restaurant_id))
+    }
+}
+
+/// The directory used for the load-time probe, which only calls `version()`.
+struct NoSubscribers;
+
+impl SubscriberDirectory for NoSubscribers {
+    fn clients_of(&self, _restaurant_id: &str) -> PackedStrings {
+        PackedStrings::default()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,95 @@
+//! The host's view of what the guest made of each event, independent of how it was computed
+//! (through the Wasm component, or natively in benchmarks).
+
+use guest_transform::{FanOut, SkipReason};
+
+use super::bindings::types as wit;
+
+/// What one input event became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid and active: one message and one row per client.
+    FanOut(FanOut),
+    /// Valid but not active at `now`: counted, not written.
+    Skipped(SkipReason),
+    /// Bad: goes to the dead-letter topic with this reason.
+    Rejected(String),
+}
+
+impl From<guest_transform::EventOutcome> for Outcome {
+    fn from(outcome: guest_transform::EventOutcome) -> Self {
+        match outcome {
+            guest_transform::EventOutcome::FanOut(fan_out) => Outcome::FanOut(fan_out),
+            guest_transform::EventOutcome::Skipped(reason) => Outcome::Skipped(reason),
+            guest_transform::EventOutcome::Rejected(rejection) => {
+                Outcome::Rejected(rejection.to_string())
+            }
+        }
+    }
+}
+
+impl Outcome {
+    /// Converts what crossed the boundary, checking what the host relies on later: as many
+    /// messages as client ids, and every entry well-formed UTF-8. A guest that breaks this gets
+    /// the event dead-lettered instead of crashing a sink.
+    pub(super) fn from_wit(outcome: wit::EventOutcome) -> Self {
+        match outcome {
+            wit::EventOutcome::FanOut(fan_out) => {
+                let fan_out = FanOut {
+                    campaign: guest_transform::Campaign {
+                        restaurant_id: fan_out.campaign.restaurant_id,
+                        adv_campaign_id: fan_out.campaign.adv_campaign_id,
+                        adv_campaign_content: fan_out.campaign.adv_campaign_content,
+                        adv_campaign_owner: fan_out.campaign.adv_campaign_owner,
+                        adv_campaign_owner_contact: fan_out.campaign.adv_campaign_owner_contact,
+                        adv_campaign_datetime_start: fan_out.campaign.adv_campaign_datetime_start,
+                        adv_campaign_datetime_end: fan_out.campaign.adv_campaign_datetime_end,
+                        datetime_created: fan_out.campaign.datetime_created,
+                    },
+                    trigger_datetime_created: fan_out.trigger_datetime_created,
+                    client_ids: from_wit_packed(fan_out.client_ids),
+                    messages: from_wit_packed(fan_out.messages),
+                };
+                match malformation(&fan_out) {
+                    None => Outcome::FanOut(fan_out),
+                    Some(problem) => Outcome::Rejected(format!(
+                        "the guest returned a malformed fan-out: {problem}"
+                    )),
+                }
+            }
+            wit::EventOutcome::Skipped(wit::SkipReason::Expired) => {
+                Outcome::Skipped(SkipReason::Expired)
+            }
+            wit::EventOutcome::Skipped(wit::SkipReason::NotYetStarted) => {
+                Outcome::Skipped(SkipReason::NotYetStarted)
+            }
+            wit::EventOutcome::Rejected(reason) => Outcome::Rejected(reason),
+        }
+    }
+}
+
+fn malformation(fan_out: &FanOut) -> Option<&'static str> {
+    if fan_out.client_ids.len() != fan_out.messages.len() {
+        Some("client id and message counts differ")
+    } else if fan_out.client_ids.iter().any(|id| id.is_none()) {
+        Some("a client id is out of bounds or not UTF-8")
+    } else if fan_out.messages.iter().any(|message| message.is_none()) {
+        Some("a message is out of bounds or not UTF-8")
+    } else {
+        None
+    }
+}
+
+fn from_wit_packed(packed: wit::PackedStrings) -> guest_transform::PackedStrings {
+    guest_transform::PackedStrings {
+        data: packed.data,
+        ends: packed.ends,
+    }
+}
+
+pub(super) fn to_wit_packed(packed: guest_transform::PackedStrings) -> wit::PackedStrings {
+    wit::PackedStrings {
+        data: packed.data,
+        ends: packed.ends,
+    }
+}

@@ -1,0 +1,156 @@
+//! The offline runner (`campaign-push transform-test`): runs a guest component through the same
+//! wasmtime embedding as the service, on events and a subscriber table read from files, and prints
+//! what the service would write — without Kafka or PostgreSQL.
+
+mod fixtures;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+pub use fixtures::{FixtureSubscribers, read_events};
+
+use crate::guest::{GuestRuntime, InputEvent, Outcome};
+use crate::records::{self, FeedbackRow};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TransformTest {
+    pub guest: PathBuf,
+    pub events: PathBuf,
+    pub subscribers: Option<PathBuf>,
+    pub now: i64,
+    /// Events per guest call; `None` sends all events in one batch.
+    pub batch_size: Option<usize>,
+}
+
+/// Counts of what was printed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub events: usize,
+    pub messages: usize,
+    pub rows: usize,
+    pub skipped: usize,
+    pub rejected: usize,
+}
+
+/// One printed line. `event` is the 0-based index of the input event it came from.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Line<'a> {
+    /// A message for the output topic.
+    Message {
+        event: usize,
+        key: &'a str,
+        value: &'a RawValue,
+    },
+    /// A row for `subscribers_feedback`.
+    Row {
+        event: usize,
+        row: FeedbackRow<'a>,
+    },
+    Skipped {
+        event: usize,
+        reason: &'static str,
+    },
+    Rejected {
+        event: usize,
+        key: Option<String>,
+        reason: &'a str,
+    },
+}
+
+/// Runs the test and writes one JSON line per message, row, skipped and rejected event to `out`.
+pub fn run(test: &TransformTest, out: &mut impl Write) -> anyhow::Result<Summary> {
+    let runtime = GuestRuntime::new()?;
+    let guest = runtime.load_file(&test.guest)?;
+    let events = read_events(&test.events)?;
+    let subscribers = match &test.subscribers {
+        Some(path) => FixtureSubscribers::read_csv(path)?,
+        None => FixtureSubscribers::default(),
+    };
+    let mut instance = guest.instantiate(Arc::new(subscribers))?;
+    let batch_size = test.batch_size.unwrap_or(events.len()).max(1);
+    let mut summary = Summary::default();
+    for (batch_index, batch) in events.chunks(batch_size).enumerate() {
+        let outcomes = instance
+            .transform_batch(test.now, batch)
+            .with_context(|| format!("guest call for batch {batch_index}"))?;
+        let first_event = batch_index * batch_size;
+        for (offset, (event, outcome)) in batch.iter().zip(&outcomes).enumerate() {
+            print_outcome(first_event + offset, event, outcome, out, &mut summary)?;
+        }
+    }
+    summary.events = events.len();
+    out.flush()?;
+    Ok(summary)
+}
+
+fn print_outcome(
+    index: usize,
+    event: &InputEvent,
+    outcome: &Outcome,
+    out: &mut impl Write,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    match outcome {
+        Outcome::FanOut(fan_out) => {
+            for message in records::messages(fan_out) {
+                let value: &RawValue = serde_json::from_str(message.value).with_context(|| {
+                    format!("event {index}: the guest produced a message that is not JSON")
+                })?;
+                let line = Line::Message {
+                    event: index,
+                    key: message.key,
+                    value,
+                };
+                write_line(out, &line)?;
+                summary.messages += 1;
+            }
+            for row in records::rows(fan_out) {
+                write_line(out, &Line::Row { event: index, row })?;
+                summary.rows += 1;
+            }
+        }
+        Outcome::Skipped(reason) => {
+            let reason = match reason {
+                guest_transform::SkipReason::Expired => "expired",
+                guest_transform::SkipReason::NotYetStarted => "not_yet_started",
+            };
+            write_line(
+                out,
+                &Line::Skipped {
+                    event: index,
+                    reason,
+                },
+            )?;
+            summary.skipped += 1;
+        }
+        Outcome::Rejected(reason) => {
+            let key = event
+                .key
+                .as_ref()
+                .map(|key| String::from_utf8_lossy(key).into_owned());
+            write_line(
+                out,
+                &Line::Rejected {
+                    event: index,
+                    key,
+                    reason,
+                },
+            )?;
+            summary.rejected += 1;
+        }
+    }
+    Ok(())
+}
+
+fn write_line(out: &mut impl Write, line: &Line<'_>) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}

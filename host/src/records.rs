@@ -1,0 +1,64 @@
+//! The records both sinks receive, derived from one guest fan-out without recomputing anything:
+//! a Kafka message (key = client id) and a `subscribers_feedback` row per client.
+
+use guest_transform::{Campaign, FanOut};
+use serde::Serialize;
+
+/// One output message: Kafka key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+/// One `subscribers_feedback` row without its `id` (the sequence assigns it) and with `feedback`
+/// NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FeedbackRow<'a> {
+    pub restaurant_id: &'a str,
+    pub adv_campaign_id: &'a str,
+    pub adv_campaign_content: &'a str,
+    pub adv_campaign_owner: &'a str,
+    pub adv_campaign_owner_contact: &'a str,
+    pub adv_campaign_datetime_start: i64,
+    pub adv_campaign_datetime_end: i64,
+    pub datetime_created: i64,
+    pub client_id: &'a str,
+    pub trigger_datetime_created: i32,
+    pub feedback: Option<&'a str>,
+}
+
+/// The messages of a fan-out, in client order.
+///
+/// Relies on the fan-out having been checked at the boundary (see `guest::Outcome`): entries that
+/// are not well-formed would be skipped here, and that check rejects such fan-outs first.
+pub fn messages(fan_out: &FanOut) -> impl Iterator<Item = Message<'_>> {
+    fan_out
+        .client_ids
+        .iter()
+        .flatten()
+        .zip(fan_out.messages.iter().flatten())
+        .map(|(key, value)| Message { key, value })
+}
+
+/// The feedback rows of a fan-out, in client order.
+pub fn rows(fan_out: &FanOut) -> impl Iterator<Item = FeedbackRow<'_>> {
+    let campaign: &Campaign = &fan_out.campaign;
+    fan_out
+        .client_ids
+        .iter()
+        .flatten()
+        .map(move |client_id| FeedbackRow {
+            restaurant_id: &campaign.restaurant_id,
+            adv_campaign_id: &campaign.adv_campaign_id,
+            adv_campaign_content: &campaign.adv_campaign_content,
+            adv_campaign_owner: &campaign.adv_campaign_owner,
+            adv_campaign_owner_contact: &campaign.adv_campaign_owner_contact,
+            adv_campaign_datetime_start: campaign.adv_campaign_datetime_start,
+            adv_campaign_datetime_end: campaign.adv_campaign_datetime_end,
+            datetime_created: campaign.datetime_created,
+            client_id,
+            trigger_datetime_created: fan_out.trigger_datetime_created,
+            feedback: None,
+        })
+}
