@@ -68,6 +68,10 @@ pub enum BatchError {
 type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// Transforms a batch of event values at `now`; one outcome per value, in order.
+///
+/// Within the batch, a (campaign, client) pair is sent at most once: a later event of a campaign
+/// already seen in the batch fans out only to clients the earlier ones did not reach. Across
+/// batches the host enforces the same rule with its delivery ledger.
 pub fn transform_batch<'a>(
     now: i64,
     values: impl IntoIterator<Item = &'a [u8]>,
@@ -77,28 +81,74 @@ pub fn transform_batch<'a>(
     // Several events of one batch often share a restaurant: look it up and de-duplicate once.
     let mut clients_by_restaurant: HashMap<String, Option<PackedStrings>, FixedState> =
         HashMap::default();
-    let outcomes = values
-        .into_iter()
-        .map(|value| {
-            let campaign = match parse_campaign(value) {
-                Ok(campaign) => campaign,
-                Err(bad) => return EventOutcome::Rejected(Rejection::BadEvent(bad)),
-            };
-            if let Some(reason) = inactive_reason(&campaign, now) {
-                return EventOutcome::Skipped(reason);
+    // `None` until a campaign's second event shows up: the common case, one event per campaign,
+    // pays no per-client bookkeeping.
+    let mut sent_by_campaign: HashMap<String, Option<ClientSet>, FixedState> = HashMap::default();
+    let mut outcomes = Vec::new();
+    for value in values {
+        let campaign = match parse_campaign(value) {
+            Ok(campaign) => campaign,
+            Err(bad) => {
+                outcomes.push(EventOutcome::Rejected(Rejection::BadEvent(bad)));
+                continue;
             }
-            let clients = clients_by_restaurant
-                .entry(campaign.restaurant_id.clone())
-                .or_insert_with(|| distinct(&lookup.subscribers_of(&campaign.restaurant_id)));
-            match clients {
-                Some(clients) => EventOutcome::FanOut(fan_out(campaign, trigger, clients.clone())),
-                None => EventOutcome::Rejected(Rejection::MalformedSubscribers {
-                    restaurant_id: campaign.restaurant_id,
-                }),
+        };
+        if let Some(reason) = inactive_reason(&campaign, now) {
+            outcomes.push(EventOutcome::Skipped(reason));
+            continue;
+        }
+        let clients = clients_by_restaurant
+            .entry(campaign.restaurant_id.clone())
+            .or_insert_with(|| distinct(&lookup.subscribers_of(&campaign.restaurant_id)));
+        let Some(clients) = clients else {
+            outcomes.push(EventOutcome::Rejected(Rejection::MalformedSubscribers {
+                restaurant_id: campaign.restaurant_id,
+            }));
+            continue;
+        };
+        let clients = match sent_by_campaign.get_mut(&campaign.adv_campaign_id) {
+            None => {
+                sent_by_campaign.insert(campaign.adv_campaign_id.clone(), None);
+                clients.clone()
             }
-        })
-        .collect();
+            Some(sent) => {
+                let sent = sent.get_or_insert_with(|| {
+                    clients_sent_earlier(&outcomes, &campaign.adv_campaign_id).collect()
+                });
+                not_yet_sent(clients, sent)
+            }
+        };
+        outcomes.push(EventOutcome::FanOut(fan_out(campaign, trigger, clients)));
+    }
     Ok(outcomes)
+}
+
+type ClientSet = HashSet<String, FixedState>;
+
+/// The clients of the earlier fan-outs of `campaign_id` in this batch.
+fn clients_sent_earlier<'a>(
+    outcomes: &'a [EventOutcome],
+    campaign_id: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    outcomes
+        .iter()
+        .filter_map(move |outcome| match outcome {
+            EventOutcome::FanOut(fan_out) if fan_out.campaign.adv_campaign_id == campaign_id => {
+                Some(fan_out.client_ids.iter().flatten())
+            }
+            _ => None,
+        })
+        .flatten()
+        .map(str::to_owned)
+}
+
+/// The clients not in `sent`, which then records them as sent.
+fn not_yet_sent(clients: &PackedStrings, sent: &mut ClientSet) -> PackedStrings {
+    clients
+        .iter()
+        .flatten()
+        .filter(|client| sent.insert((*client).to_owned()))
+        .collect()
 }
 
 /// `None` when `start <= now <= end`, both ends inclusive.

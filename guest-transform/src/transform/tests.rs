@@ -235,3 +235,30 @@ fn ten_thousand_subscribers_fan_out_in_lookup_order() {
     assert_eq!(client_ids(fan_out), clients);
     assert_eq!(fan_out.messages.len(), 10_000);
 }
+
+#[test]
+fn a_campaign_repeated_in_a_batch_reaches_each_client_once() {
+    let mut lookup = sample_subscribers();
+    lookup
+        .table
+        .get_mut(RESTAURANT_WITH_DUPLICATE)
+        .unwrap()
+        .push("223e4567-e89b-12d3-a456-426614174000".into());
+    let events = [
+        event(RESTAURANT, "same", 0, i64::MAX),
+        event(RESTAURANT, "other", 0, i64::MAX),
+        event(RESTAURANT, "same", 0, i64::MAX),
+        // Same campaign id under another restaurant: only its clients not reached yet.
+        event(RESTAURANT_WITH_DUPLICATE, "same", 0, i64::MAX),
+        event(RESTAURANT, "same", 0, i64::MAX),
+    ];
+    let outcomes = run(NOW, &events, &mut lookup);
+    assert_eq!(fan_out(&outcomes[0]).client_ids.len(), 8);
+    assert_eq!(fan_out(&outcomes[1]).client_ids.len(), 8);
+    assert!(fan_out(&outcomes[2]).client_ids.is_empty());
+    assert_eq!(
+        client_ids(fan_out(&outcomes[3])),
+        ["923e4567-e89b-12d3-a456-426614174000"]
+    );
+    assert!(fan_out(&outcomes[4]).client_ids.is_empty());
+}

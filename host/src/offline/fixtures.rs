@@ -19,12 +19,20 @@ use crate::guest::{InputEvent, SubscriberDirectory};
 struct EventLine<'a> {
     #[serde(default)]
     key: Option<String>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     value: Option<&'a RawValue>,
     #[serde(default)]
     value_text: Option<String>,
     #[serde(default)]
     value_hex: Option<String>,
+}
+
+/// Keeps `"value": null` as the JSON text `null` (a bad event worth testing), not as absent.
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Reads an events file: one JSON object per line, blank lines and lines starting with `#` ignored.

@@ -42,6 +42,11 @@ pub struct Summary {
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Line<'a> {
+    /// A valid, active event and how many distinct clients it reaches (possibly none).
+    FanOut {
+        event: usize,
+        clients: usize,
+    },
     /// A message for the output topic.
     Message {
         event: usize,
@@ -99,6 +104,14 @@ fn print_outcome(
 ) -> anyhow::Result<()> {
     match outcome {
         Outcome::FanOut(fan_out) => {
+            let clients = fan_out.client_ids.len();
+            write_line(
+                out,
+                &Line::FanOut {
+                    event: index,
+                    clients,
+                },
+            )?;
             for message in records::messages(fan_out) {
                 let value: &RawValue = serde_json::from_str(message.value).with_context(|| {
                     format!("event {index}: the guest produced a message that is not JSON")
