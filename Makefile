@@ -8,8 +8,11 @@ ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 # clone) reuses one warm cache: a cold wasmtime build takes minutes on two cores.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/campaign-push/target
 STACK := $(ROOT)/stack/stack.sh
+# A profile of its own (see Cargo.toml): LTO and panic=abort suit the guest but not the host.
+export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
+HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 
-.PHONY: help up down status reset test
+.PHONY: help up down status reset guest build lint test bench-guest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,5 +29,21 @@ status: ## show what runs where: addresses, topics, CA and env file
 reset: ## stop the stack and wipe its local data
 	@$(STACK) reset
 
-test: up ## start the stack and run every test
+guest: ## build the transform component (wasm32-wasip2) and report its size
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	cargo build -p guest-transform --target wasm32-wasip2 --profile release-guest
+	@echo "guest: $(GUEST_WASM) ($$(stat -c %s $(GUEST_WASM)) bytes)"
+
+build: guest ## build the host binary (release)
+	cargo build --release -p campaign-push
+
+lint: ## formatting and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy -p guest-transform --target wasm32-wasip2 --profile release-guest -- -D warnings
+
+test: up guest lint ## start the stack, build, lint, and run every test (unit, golden, integration)
 	cargo test --release --workspace
+
+bench-guest: guest ## benchmark the transform natively and through Wasm at fan-outs 10, 100, 10000
+	cargo bench -p campaign-push --bench transform
