@@ -1,0 +1,200 @@
+//! The Kafka sink: output messages, dead letters and the consumed offsets in one transaction, so
+//! that `read_committed` consumers see a batch's outputs exactly when its input is committed.
+//!
+//! librdkafka's transactional calls block, so they run under `block_in_place`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::SinkError;
+use crate::guest::GuestIdentity;
+use crate::pipeline::plan::Plan;
+
+/// Header names on output and dead-letter messages.
+pub mod headers {
+    pub const GUEST_VERSION: &str = "campaign-push-guest-version";
+    pub const GUEST_SHA256: &str = "campaign-push-guest-sha256";
+    pub const REASON: &str = "campaign-push-dead-letter-reason";
+    pub const SOURCE_TOPIC: &str = "campaign-push-source-topic";
+    pub const SOURCE_PARTITION: &str = "campaign-push-source-partition";
+    pub const SOURCE_OFFSET: &str = "campaign-push-source-offset";
+}
+
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub dead_letter: String,
+}
+
+pub struct KafkaSink {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topics: Topics,
+    timeout: Duration,
+}
+
+impl KafkaSink {
+    /// Creates the transactional producer and fences any previous one with the same id.
+    pub fn new(
+        mut config: ClientConfig,
+        transactional_id: &str,
+        topics: Topics,
+        timeout: Duration,
+    ) -> Result<Self, SinkError> {
+        config
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5");
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            config.create().map_err(|e| fatal("creating the producer", e))?;
+        tokio::task::block_in_place(|| producer.init_transactions(timeout))
+            .map_err(|e| classify("initialising transactions", e))?;
+        Ok(Self {
+            producer,
+            topics,
+            timeout,
+        })
+    }
+
+    /// Sends `to_send` deliveries of `plan` and all its dead letters, and commits the consumed
+    /// offsets, atomically. On a retryable error the transaction is aborted: nothing of it is
+    /// visible, and the same call may be repeated.
+    pub fn write(
+        &self,
+        plan: &Plan<'_>,
+        to_send: &[usize],
+        guest: &GuestIdentity,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), SinkError> {
+        tokio::task::block_in_place(|| {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| classify("beginning a transaction", e))?;
+            let result = self.send_all(plan, to_send, guest, group);
+            if let Err(error) = &result {
+                if matches!(error, SinkError::Retryable(_)) {
+                    // Abort so that the retry starts from a clean transaction.
+                    let _ = self.producer.abort_transaction(self.timeout);
+                }
+            }
+            result
+        })
+    }
+
+    fn send_all(
+        &self,
+        plan: &Plan<'_>,
+        to_send: &[usize],
+        guest: &GuestIdentity,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), SinkError> {
+        let output_headers = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::GUEST_VERSION,
+                value: Some(guest.version.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::GUEST_SHA256,
+                value: Some(guest.sha256.as_bytes()),
+            });
+        for &index in to_send {
+            let message = plan.deliveries[index].message;
+            let record = BaseRecord::to(&self.topics.output)
+                .key(message.key)
+                .payload(message.value)
+                .headers(output_headers.clone());
+            self.enqueue(record)?;
+        }
+        for dead in &plan.dead_letters {
+            let partition = dead.source.partition.to_string();
+            let offset = dead.source.offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::REASON,
+                    value: Some(dead.reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_TOPIC,
+                    value: Some(self.topics.input.as_bytes()),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_PARTITION,
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_OFFSET,
+                    value: Some(offset.as_bytes()),
+                });
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topics.dead_letter)
+                    .payload(dead.value)
+                    .headers(headers);
+            if let Some(key) = dead.key {
+                record = record.key(key);
+            }
+            self.enqueue(record)?;
+        }
+        let offsets = offsets_list(&self.topics.input, &plan.next_offsets)?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, group, self.timeout)
+            .map_err(|e| classify("committing offsets in the transaction", e))?;
+        self.producer
+            .commit_transaction(self.timeout)
+            .map_err(|e| classify("committing the transaction", e))
+    }
+
+    /// Enqueues a record, waiting for room when librdkafka's queue is full.
+    fn enqueue<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), SinkError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(code), returned))
+                    if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
+                {
+                    record = returned;
+                    self.producer.flush(Duration::from_millis(100)).ok();
+                }
+                Err((error, _)) => return Err(classify("sending a message", error)),
+            }
+        }
+    }
+}
+
+fn offsets_list(
+    topic: &str,
+    next_offsets: &BTreeMap<i32, i64>,
+) -> Result<TopicPartitionList, SinkError> {
+    let mut list = TopicPartitionList::new();
+    for (&partition, &next) in next_offsets {
+        list.add_partition_offset(topic, partition, Offset::Offset(next))
+            .map_err(|e| fatal("building the offset list", e))?;
+    }
+    Ok(list)
+}
+
+fn fatal(what: &str, error: KafkaError) -> SinkError {
+    SinkError::Fatal(format!("{what}: {error}"))
+}
+
+/// Fatal transactional errors (e.g. a fenced producer) end the service; everything else, including
+/// errors that require an abort, is retried.
+fn classify(what: &str, error: KafkaError) -> SinkError {
+    let is_fatal = match &error {
+        KafkaError::Transaction(rd) => rd.is_fatal(),
+        _ => false,
+    };
+    if is_fatal {
+        fatal(what, error)
+    } else {
+        SinkError::Retryable(format!("{what}: {error}"))
+    }
+}

@@ -1,0 +1,1 @@
+//! Subscriber cache (being written).
