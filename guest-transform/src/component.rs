@@ -10,6 +10,7 @@ mod bindings {
 use bindings::campaign_push::transform::{subscribers, types};
 use bindings::exports::campaign_push::transform::transform::Guest;
 
+use crate::prelude::*;
 use crate::{EventOutcome, PackedStrings, SkipReason, SubscriberLookup};
 
 struct Component;

@@ -3,7 +3,8 @@
 //! Every deviation from the contract is a [`BadEvent`] whose message is written to the dead-letter
 //! topic, so the messages name the field and say what was wrong with it.
 
-use std::fmt;
+use crate::prelude::*;
+use core::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -184,7 +185,7 @@ pub fn parse_campaign(value: &[u8]) -> Result<Campaign, BadEvent> {
 }
 
 fn parse_object(value: &[u8]) -> Result<RawEvent<'_>, BadEvent> {
-    let text = std::str::from_utf8(value)
+    let text = core::str::from_utf8(value)
         .map_err(|error| BadEvent::NotJson(format!("invalid UTF-8: {error}")))?;
     let any: &RawValue =
         serde_json::from_str(text).map_err(|error| BadEvent::NotJson(error.to_string()))?;

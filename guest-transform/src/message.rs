@@ -4,6 +4,7 @@
 //! per event into a template; each client then costs one copy of the template plus its id.
 
 use crate::event::Campaign;
+use crate::prelude::*;
 
 /// The serialised shared part of one campaign's messages.
 pub struct MessageTemplate {

@@ -1,6 +1,7 @@
 //! A list of strings packed into one buffer plus an offset table: the shape in which strings cross
 //! the Wasm boundary (one copy per list instead of one allocation per string).
 
+use crate::prelude::*;
 /// See `packed-strings` in `wit/transform.wit`: string `i` is `data[ends[i-1]..ends[i]]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackedStrings {
@@ -48,7 +49,7 @@ impl PackedStrings {
             let entry = self
                 .data
                 .get(start..end)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok());
+                .and_then(|bytes| core::str::from_utf8(bytes).ok());
             start = end;
             entry
         })

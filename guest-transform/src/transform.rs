@@ -1,7 +1,6 @@
 //! The batch transform: validation, active window, join with the subscribers, message shaping.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasherDefault;
+use crate::prelude::*;
 
 use crate::event::{BadEvent, Campaign, parse_campaign};
 use crate::message::MessageTemplate;
@@ -45,8 +44,8 @@ pub enum Rejection {
     MalformedSubscribers { restaurant_id: String },
 }
 
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Rejection::BadEvent(bad) => bad.fmt(f),
             Rejection::MalformedSubscribers { restaurant_id } => write!(
@@ -65,7 +64,7 @@ pub enum BatchError {
 
 /// A fixed-key hasher: no seed means no `wasi:random` import, and the keys come from our own
 /// database, so there is no flooding adversary to defend against.
-type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+type FixedState = hashbrown::DefaultHashBuilder;
 
 /// Transforms a batch of event values at `now`; one outcome per value, in order.
 ///
@@ -79,11 +78,12 @@ pub fn transform_batch<'a>(
 ) -> Result<Vec<EventOutcome>, BatchError> {
     let trigger = i32::try_from(now).map_err(|_| BatchError::NowOutOfRange(now))?;
     // Several events of one batch often share a restaurant: look it up and de-duplicate once.
-    let mut clients_by_restaurant: HashMap<String, Option<PackedStrings>, FixedState> =
-        HashMap::default();
+    let mut clients_by_restaurant: hashbrown::HashMap<String, Option<PackedStrings>, FixedState> =
+        hashbrown::HashMap::default();
     // `None` until a campaign's second event shows up: the common case, one event per campaign,
     // pays no per-client bookkeeping.
-    let mut sent_by_campaign: HashMap<String, Option<ClientSet>, FixedState> = HashMap::default();
+    let mut sent_by_campaign: hashbrown::HashMap<String, Option<ClientSet>, FixedState> =
+        hashbrown::HashMap::default();
     let mut outcomes = Vec::new();
     for value in values {
         let campaign = match parse_campaign(value) {
@@ -123,7 +123,7 @@ pub fn transform_batch<'a>(
     Ok(outcomes)
 }
 
-type ClientSet = HashSet<String, FixedState>;
+type ClientSet = hashbrown::HashSet<String, FixedState>;
 
 /// The clients of the earlier fan-outs of `campaign_id` in this batch.
 fn clients_sent_earlier<'a>(
@@ -164,8 +164,8 @@ pub fn inactive_reason(campaign: &Campaign, now: i64) -> Option<SkipReason> {
 
 /// The distinct client ids, first occurrence kept; `None` if the list is malformed.
 fn distinct(subscribers: &PackedStrings) -> Option<PackedStrings> {
-    let mut seen: HashSet<&str, FixedState> =
-        HashSet::with_capacity_and_hasher(subscribers.len(), FixedState::default());
+    let mut seen: hashbrown::HashSet<&str, FixedState> =
+        hashbrown::HashSet::with_capacity_and_hasher(subscribers.len(), FixedState::default());
     let mut out = PackedStrings::with_capacity(subscribers.len(), subscribers.data.len());
     for client_id in subscribers.iter() {
         let client_id = client_id?;

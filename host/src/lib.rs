@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod guest;
+pub mod http;
 pub mod metrics;
 pub mod offline;
 pub mod pipeline;

@@ -77,8 +77,9 @@ impl GuestRuntime {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut linker = Linker::new(&engine);
-        // Rust's wasip2 std imports a dozen WASI interfaces even when they are never called;
-        // they are linked here against an empty context (see `GuestState`).
+        // Our guest imports no WASI, but a guest built with Rust's wasip2 `std` imports a dozen
+        // interfaces even when it never calls them; they are linked against an empty context
+        // (see `GuestState`), so such a guest loads but can reach nothing.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
         CampaignTransform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
