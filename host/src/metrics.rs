@@ -46,21 +46,76 @@ impl Default for Metrics {
             guest: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("events_in", "Input events consumed", metrics.events_in.clone());
-        registry.register("outputs", "Output messages committed to the output topic", metrics.outputs.clone());
-        registry.register("feedback_rows", "Rows inserted into subscribers_feedback", metrics.rows_inserted.clone());
-        registry.register("duplicates_suppressed", "Deliveries not repeated because the ledger had them", metrics.duplicates_suppressed.clone());
-        registry.register("skipped_expired", "Valid events skipped because their campaign ended", metrics.skipped_expired.clone());
-        registry.register("skipped_not_yet_started", "Valid events skipped because their campaign has not started", metrics.skipped_not_yet_started.clone());
-        registry.register("dead_lettered", "Events sent to the dead-letter topic", metrics.dead_lettered.clone());
-        registry.register("sink_retries", "Sink writes retried, by sink", metrics.sink_retries.clone());
+        registry.register(
+            "events_in",
+            "Input events consumed",
+            metrics.events_in.clone(),
+        );
+        registry.register(
+            "outputs",
+            "Output messages committed to the output topic",
+            metrics.outputs.clone(),
+        );
+        registry.register(
+            "feedback_rows",
+            "Rows inserted into subscribers_feedback",
+            metrics.rows_inserted.clone(),
+        );
+        registry.register(
+            "duplicates_suppressed",
+            "Deliveries not repeated because the ledger had them",
+            metrics.duplicates_suppressed.clone(),
+        );
+        registry.register(
+            "skipped_expired",
+            "Valid events skipped because their campaign ended",
+            metrics.skipped_expired.clone(),
+        );
+        registry.register(
+            "skipped_not_yet_started",
+            "Valid events skipped because their campaign has not started",
+            metrics.skipped_not_yet_started.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Events sent to the dead-letter topic",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "sink_retries",
+            "Sink writes retried, by sink",
+            metrics.sink_retries.clone(),
+        );
         registry.register("batch_size", "Events per batch", metrics.batch_size.clone());
-        registry.register("batch_seconds", "Time from a batch's first event to its commit in both sinks", metrics.batch_seconds.clone());
-        registry.register("consumer_lag", "Input records not yet consumed, summed over assigned partitions", metrics.consumer_lag.clone());
-        registry.register("subscriber_cache_rows", "Rows in the subscriber cache", metrics.cache_rows.clone());
-        registry.register("subscriber_cache_age_seconds", "Seconds since the subscriber cache was last known in sync", metrics.cache_age_seconds.clone());
-        registry.register("guest", "The guest in service (value 1), by version and SHA-256", metrics.guest.clone());
-        Self { registry, ..metrics }
+        registry.register(
+            "batch_seconds",
+            "Time from a batch's first event to its commit in both sinks",
+            metrics.batch_seconds.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Input records not yet consumed, summed over assigned partitions",
+            metrics.consumer_lag.clone(),
+        );
+        registry.register(
+            "subscriber_cache_rows",
+            "Rows in the subscriber cache",
+            metrics.cache_rows.clone(),
+        );
+        registry.register(
+            "subscriber_cache_age_seconds",
+            "Seconds since the subscriber cache was last known in sync",
+            metrics.cache_age_seconds.clone(),
+        );
+        registry.register(
+            "guest",
+            "The guest in service (value 1), by version and SHA-256",
+            metrics.guest.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
     }
 }
 
@@ -102,7 +157,10 @@ mod tests {
         metrics.set_guest("guest-transform 0.2.0", "def");
         let text = metrics.render();
         assert!(text.contains("campaign_push_events_in_total 3"), "{text}");
-        assert!(text.contains(r#"campaign_push_guest{version="guest-transform 0.2.0",sha256="def"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"campaign_push_guest{version="guest-transform 0.2.0",sha256="def"} 1"#),
+            "{text}"
+        );
         assert!(!text.contains("0.1.0"), "{text}");
     }
 }

@@ -144,7 +144,9 @@ impl Pipeline {
                 .duplicates_suppressed
                 .inc_by((plan.deliveries.len() - written.to_send.len()) as u64);
             metrics.skipped_expired.inc_by(plan.expired as u64);
-            metrics.skipped_not_yet_started.inc_by(plan.not_yet_started as u64);
+            metrics
+                .skipped_not_yet_started
+                .inc_by(plan.not_yet_started as u64);
             metrics.dead_lettered.inc_by(plan.dead_letters.len() as u64);
             metrics.batch_size.observe(batch.events.len() as f64);
             metrics

@@ -70,13 +70,14 @@ pub fn plan<'a>(
                 plan.dead_letters.push(dead_letter(oversize_reason));
             }
             Outcome::FanOut(fan_out) => {
-                let deliveries = records::messages(fan_out)
-                    .zip(records::rows(fan_out))
-                    .map(|(message, row)| Delivery {
-                        source,
-                        message,
-                        row,
-                    });
+                let deliveries =
+                    records::messages(fan_out)
+                        .zip(records::rows(fan_out))
+                        .map(|(message, row)| Delivery {
+                            source,
+                            message,
+                            row,
+                        });
                 plan.deliveries.extend(deliveries);
             }
             Outcome::Skipped(SkipReason::Expired) => plan.expired += 1,
@@ -128,10 +129,22 @@ mod tests {
     fn splits_a_batch_into_deliveries_dead_letters_and_skips() {
         let events = [event("a"), event("b"), event("c"), event("d")];
         let positions = [
-            Position { partition: 0, offset: 10 },
-            Position { partition: 1, offset: 5 },
-            Position { partition: 0, offset: 11 },
-            Position { partition: 1, offset: 6 },
+            Position {
+                partition: 0,
+                offset: 10,
+            },
+            Position {
+                partition: 1,
+                offset: 5,
+            },
+            Position {
+                partition: 0,
+                offset: 11,
+            },
+            Position {
+                partition: 1,
+                offset: 6,
+            },
         ];
         let outcomes = [
             fan_out(&["x", "y"]),
@@ -155,7 +168,10 @@ mod tests {
     #[test]
     fn an_oversized_fan_out_is_dead_lettered_whole() {
         let events = [event("a")];
-        let positions = [Position { partition: 2, offset: 0 }];
+        let positions = [Position {
+            partition: 2,
+            offset: 0,
+        }];
         let outcomes = [fan_out(&["x", "y", "z"])];
         let plan = plan(&events, &positions, &outcomes, 2, "too big");
         assert!(plan.deliveries.is_empty());

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::guest::{CallError, GuestIdentity, GuestInstance, InputEvent, LoadedGuest, Outcome};
 use crate::guest::SubscriberDirectory;
+use crate::guest::{CallError, GuestIdentity, GuestInstance, InputEvent, LoadedGuest, Outcome};
 
 /// The guest in service and its current instance.
 pub struct Transformer {
@@ -22,7 +22,9 @@ impl Transformer {
         guest: Arc<LoadedGuest>,
         directory: Arc<dyn SubscriberDirectory>,
     ) -> Result<Self, TransformError> {
-        let instance = guest.instantiate(directory.clone()).map_err(TransformError)?;
+        let instance = guest
+            .instantiate(directory.clone())
+            .map_err(TransformError)?;
         Ok(Self {
             guest,
             directory,
@@ -54,7 +56,11 @@ impl Transformer {
                 if events.len() <= 1 {
                     return Ok(events
                         .iter()
-                        .map(|_| Outcome::Rejected(format!("the transform failed on this event: {failure}")))
+                        .map(|_| {
+                            Outcome::Rejected(format!(
+                                "the transform failed on this event: {failure}"
+                            ))
+                        })
                         .collect());
                 }
                 let (left, right) = events.split_at(events.len() / 2);

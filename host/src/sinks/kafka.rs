@@ -50,8 +50,9 @@ impl KafkaSink {
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5");
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            config.create().map_err(|e| fatal("creating the producer", e))?;
+        let producer: ThreadedProducer<DefaultProducerContext> = config
+            .create()
+            .map_err(|e| fatal("creating the producer", e))?;
         tokio::task::block_in_place(|| producer.init_transactions(timeout))
             .map_err(|e| classify("initialising transactions", e))?;
         Ok(Self {
@@ -130,10 +131,9 @@ impl KafkaSink {
                     key: headers::SOURCE_OFFSET,
                     value: Some(offset.as_bytes()),
                 });
-            let mut record: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&self.topics.dead_letter)
-                    .payload(dead.value)
-                    .headers(headers);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topics.dead_letter)
+                .payload(dead.value)
+                .headers(headers);
             if let Some(key) = dead.key {
                 record = record.key(key);
             }
