@@ -27,7 +27,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_len = rest[digits..]
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len() - digits);
@@ -65,7 +67,10 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h2m3s4ms"), Ok(Duration::from_millis(3_723_004)));
+        assert_eq!(
+            parse_duration("1h2m3s4ms"),
+            Ok(Duration::from_millis(3_723_004))
+        );
     }
 
     #[test]
@@ -73,12 +78,30 @@ mod tests {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         assert_eq!(parse_duration("10"), Err(DurationError::MissingUnit(10)));
         assert_eq!(parse_duration("1m30"), Err(DurationError::MissingUnit(30)));
-        assert_eq!(parse_duration("s"), Err(DurationError::MissingNumber("s".into())));
-        assert_eq!(parse_duration("10 s"), Err(DurationError::UnknownUnit(" s".into())));
-        assert_eq!(parse_duration("-1s"), Err(DurationError::MissingNumber("-".into())));
-        assert_eq!(parse_duration("1.5s"), Err(DurationError::UnknownUnit(".".into())));
-        assert_eq!(parse_duration("3d"), Err(DurationError::UnknownUnit("d".into())));
-        assert_eq!(parse_duration("10S"), Err(DurationError::UnknownUnit("S".into())));
+        assert_eq!(
+            parse_duration("s"),
+            Err(DurationError::MissingNumber("s".into()))
+        );
+        assert_eq!(
+            parse_duration("10 s"),
+            Err(DurationError::UnknownUnit(" s".into()))
+        );
+        assert_eq!(
+            parse_duration("-1s"),
+            Err(DurationError::MissingNumber("-".into()))
+        );
+        assert_eq!(
+            parse_duration("1.5s"),
+            Err(DurationError::UnknownUnit(".".into()))
+        );
+        assert_eq!(
+            parse_duration("3d"),
+            Err(DurationError::UnknownUnit("d".into()))
+        );
+        assert_eq!(
+            parse_duration("10S"),
+            Err(DurationError::UnknownUnit("S".into()))
+        );
         assert_eq!(
             parse_duration("99999999999999999999s"),
             Err(DurationError::Overflow)

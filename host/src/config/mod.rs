@@ -1,1 +1,342 @@
-//! Configuration (being written).
+//! The service's one configuration: a TOML file, environment overrides on top, validated as a
+//! whole at start-up.
+//!
+//! # Environment overrides
+//!
+//! Any key can be set or overridden by a variable named [`ENV_PREFIX`] (`CAMPAIGN_PUSH__`) plus
+//! the key's path in upper case with `__` between levels: `kafka.bootstrap_servers` is
+//! `CAMPAIGN_PUSH__KAFKA__BOOTSTRAP_SERVERS`, `postgres.tls.ca_file` is
+//! `CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE`. Names are case-insensitive; values are strings,
+//! converted to the key's type. Under `kafka.properties` the rest of the name is a librdkafka
+//! property with `_` for `.`: `CAMPAIGN_PUSH__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS`. A
+//! variable that names no key is an error. Other variables (e.g. `CAMPAIGN_PUSH_CACHE`, with one
+//! underscore) are not configuration.
+//!
+//! Secrets (`kafka.security.password`, `postgres.password`) belong in the environment or in
+//! files named by `…password_file`, never in a committed file. Relative paths are relative to the
+//! working directory.
+//!
+//! # Validation
+//!
+//! Loading reports every problem at once, each naming its dotted key (and the variable that set
+//! it), and never a secret's value: missing required keys, unknown keys, wrong types, values out of
+//! range, keys that do not apply (e.g. a CA file with `PLAINTEXT`), and named files that cannot
+//! be read.
+
+mod duration;
+mod kafka;
+mod postgres;
+mod secret;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{DurationError, parse_duration};
+pub use kafka::{KafkaConfig, KafkaSecurity, SERVICE_PROPERTIES, SaslLogin, SaslMechanism};
+pub use postgres::{PgConnectError, PgConnection, PostgresConfig, PostgresTls, tls_connector};
+pub use secret::Secret;
+pub use source::ENV_PREFIX;
+
+use source::{Source, duration, integer, one_of, readable_file, text};
+
+/// Everything the service is told from outside. `Debug` shows no secret.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[kafka]`: brokers, topics, security, librdkafka pass-through properties.
+    pub kafka: KafkaConfig,
+    /// `[postgres]`: the database with the subscriber and feedback tables.
+    pub postgres: PostgresConfig,
+    /// `[pipeline]`: batching, sink retries, shutdown.
+    pub pipeline: PipelineConfig,
+    /// `[subscribers]`: refreshing the in-memory subscriber table.
+    pub subscribers: SubscribersConfig,
+    /// `[guest]`: the transform component.
+    pub guest: GuestConfig,
+    /// `[http]`: metrics, health and admin endpoint.
+    pub http: HttpConfig,
+    /// `[log]`: log format and filter.
+    pub log: LogConfig,
+}
+
+/// `[pipeline]`: batching, retries and shutdown of the event flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// `pipeline.batch_max_events` (default 500, at least 1): the most input events handed to
+    /// the guest in one call and committed in one output transaction.
+    pub batch_max_events: usize,
+    /// `pipeline.batch_linger` (default `"50ms"`, may be `"0ms"`): how long a batch that is not
+    /// full waits for more events; bounds the latency added by batching.
+    pub batch_linger: Duration,
+    /// `pipeline.sink_retry_initial_backoff` (default `"100ms"`): the first wait before retrying
+    /// a failed Kafka or PostgreSQL write; it doubles on each further failure.
+    pub sink_retry_initial_backoff: Duration,
+    /// `pipeline.sink_retry_max_backoff` (default `"10s"`, at least the initial backoff): the
+    /// ceiling of that doubling.
+    pub sink_retry_max_backoff: Duration,
+    /// `pipeline.shutdown_timeout` (default `"10s"`): how long a stop signal waits for the batch
+    /// in flight to be written before the service exits anyway (it is then re-read on restart).
+    pub shutdown_timeout: Duration,
+    /// `pipeline.max_outputs_per_event` (default 100000, at least 1): a guard against a runaway
+    /// fan-out; an event that would produce more notifications than this is not sent.
+    pub max_outputs_per_event: usize,
+}
+
+/// `[subscribers]`: the in-memory copy of `subscribers_restaurants`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribersConfig {
+    /// `subscribers.resync_interval` (default `"5m"`, at least `"1s"`): how often the whole table
+    /// is re-read, which bounds how long a change can go unseen if a notification is lost.
+    pub resync_interval: Duration,
+    /// `subscribers.notify_channel` (default `"campaign_push_subscribers"`): the channel the
+    /// service `LISTEN`s on for change notifications; a plain lower-case SQL identifier.
+    pub notify_channel: String,
+}
+
+/// `[guest]`: the transform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// `guest.path` (required): the transform's WebAssembly component (`.wasm`) file.
+    pub path: PathBuf,
+}
+
+/// `[http]`: the service's own endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `http.listen` (default `"127.0.0.1:9464"`): address of the metrics, health and admin
+    /// endpoint. It has no authentication: keep it off public interfaces.
+    pub listen: SocketAddr,
+}
+
+/// `[log]`: what is logged, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `log.format` (default `"human"`): `"human"` for terminals, `"json"` (one object per line)
+    /// for log collectors.
+    pub format: LogFormat,
+    /// `log.filter` (default `"info"`): a `tracing` filter such as `"info,campaign_push=debug"`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key, e.g. `kafka.security.ca_file`.
+    pub key: String,
+    /// The environment variable that set the key, if one did.
+    pub env_var: Option<String>,
+    /// What is wrong. Never contains a secret.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: &str, env_var: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            env_var: env_var.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.env_var {
+            Some(var) => write!(f, "{} (set by {var}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Why the service cannot start with this configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration is not valid TOML (line {line}, column {column}): {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid configuration:{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The individual problems (empty for a file that could not be read or parsed).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Invalid(problems) => problems,
+            Self::Read { .. } | Self::Syntax { .. } => &[],
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+impl Config {
+    /// Reads the file at `path`, then applies the process environment's overrides.
+    pub fn from_file_and_env(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let env = std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        });
+        Self::load(Some(&text), env)
+    }
+
+    /// Builds and validates the configuration from TOML text (or none) and environment variables
+    /// (all of them may be passed; only `CAMPAIGN_PUSH__…` ones are read).
+    pub fn load(
+        toml_text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let tree = match toml_text {
+            None => toml::Table::new(),
+            Some(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| syntax_error(text, &e))?,
+        };
+        let mut src = Source::new(tree);
+        src.apply_env(env);
+        let config = Self {
+            kafka: KafkaConfig::read(&mut src),
+            postgres: PostgresConfig::read(&mut src),
+            pipeline: PipelineConfig::read(&mut src),
+            subscribers: SubscribersConfig::read(&mut src),
+            guest: GuestConfig {
+                path: src.req("guest.path", readable_file).unwrap_or_default(),
+            },
+            http: HttpConfig::read(&mut src),
+            log: LogConfig::read(&mut src),
+        };
+        let problems = src.finish();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Locates a TOML error without quoting the file, which may hold a password.
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let offset = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Syntax {
+        line,
+        column,
+        message: error.message().to_owned(),
+    }
+}
+
+impl PipelineConfig {
+    fn read(src: &mut Source) -> Self {
+        let ms = Duration::from_millis;
+        let initial_key = "pipeline.sink_retry_initial_backoff";
+        let max_key = "pipeline.sink_retry_max_backoff";
+        let initial = src.or(initial_key, ms(100), duration(ms(1)));
+        let max = src.or(max_key, ms(10_000), duration(ms(1)));
+        if max < initial {
+            src.problem(
+                max_key,
+                format!("{max:?} is shorter than {initial_key} ({initial:?})"),
+            );
+        }
+        Self {
+            batch_max_events: src.or("pipeline.batch_max_events", 500, integer(1usize)),
+            batch_linger: src.or("pipeline.batch_linger", ms(50), duration(Duration::ZERO)),
+            sink_retry_initial_backoff: initial,
+            sink_retry_max_backoff: max,
+            shutdown_timeout: src.or("pipeline.shutdown_timeout", ms(10_000), duration(ms(1))),
+            max_outputs_per_event: src.or("pipeline.max_outputs_per_event", 100_000, integer(1)),
+        }
+    }
+}
+
+impl SubscribersConfig {
+    fn read(src: &mut Source) -> Self {
+        Self {
+            resync_interval: src.or(
+                "subscribers.resync_interval",
+                Duration::from_secs(300),
+                duration(Duration::from_secs(1)),
+            ),
+            notify_channel: src.or(
+                "subscribers.notify_channel",
+                "campaign_push_subscribers".into(),
+                sql_identifier,
+            ),
+        }
+    }
+}
+
+impl HttpConfig {
+    fn read(src: &mut Source) -> Self {
+        let default = SocketAddr::from(([127, 0, 0, 1], 9464));
+        let listen = src.or("http.listen", default, |value| {
+            let s = text(value)?;
+            s.parse()
+                .map_err(|_| format!("{s:?} is not an address such as \"127.0.0.1:9464\""))
+        });
+        Self { listen }
+    }
+}
+
+impl LogConfig {
+    fn read(src: &mut Source) -> Self {
+        let formats = &[("human", LogFormat::Human), ("json", LogFormat::Json)];
+        Self {
+            format: src.or("log.format", LogFormat::Human, one_of(formats)),
+            filter: src.or("log.filter", "info".into(), |value| {
+                let filter = text(value)?;
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(&filter)
+                    .map_err(|e| format!("{filter:?} is not a tracing filter: {e}"))?;
+                Ok(filter)
+            }),
+        }
+    }
+}
+
+/// A name `LISTEN` accepts unquoted, so that it can be spliced into SQL safely.
+fn sql_identifier(value: toml::Value) -> Result<String, String> {
+    let name = text(value)?;
+    let mut chars = name.chars();
+    let legal = name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !legal {
+        return Err(format!(
+            "{name:?} is not a plain SQL identifier (a-z, 0-9 and _, not starting with a digit, \
+             at most 63 characters)"
+        ));
+    }
+    Ok(name)
+}

@@ -52,20 +52,22 @@ impl Source {
                 continue;
             };
             let mut path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            if path.len() > 3 && path[..2].join(".") == PROPERTIES {
-                let property = path.split_off(2).join(".");
-                path.push(property);
-            }
-            if path.len() == 3 && path[..2].join(".") == PROPERTIES {
-                path[2] = path[2].replace('_', ".");
-            }
-            let key = path.join(".");
             if path.iter().any(String::is_empty) {
                 self.problems.push(Problem::new(
-                    &key,
+                    &path.join("."),
                     Some(&var),
                     "empty level in the name; separate levels with exactly two underscores",
                 ));
+                continue;
+            }
+            if path.len() > 2 && path[..2].join(".") == PROPERTIES {
+                let property = path.split_off(2).join(".").replace('_', ".");
+                path.push(property);
+            }
+            let key = path.join(".");
+            if let Some(first) = self.from_env.get(&key) {
+                let message = format!("also set by {first}; set it once");
+                self.problems.push(Problem::new(&key, Some(&var), message));
                 continue;
             }
             if let Err(message) = insert(&mut self.tree, &path, Value::String(value)) {
@@ -79,7 +81,8 @@ impl Source {
     /// Records a problem with `key`, naming the environment variable if one set it.
     pub(super) fn problem(&mut self, key: &str, message: impl Into<String>) {
         let var = self.from_env.get(key).cloned();
-        self.problems.push(Problem::new(key, var.as_deref(), message));
+        self.problems
+            .push(Problem::new(key, var.as_deref(), message));
     }
 
     /// Removes and returns the raw value at the dotted `key`.
@@ -100,10 +103,11 @@ impl Source {
                 None => return None,
                 Some(Value::Table(_)) => {}
                 Some(other) => {
-                    let message = format!("expected a table of keys, got a {}", other.type_str());
+                    let message = format!("expected a table of keys, got {}", kind(other));
                     table.remove(part);
                     let var = self.from_env.get(&path).cloned();
-                    self.problems.push(Problem::new(&path, var.as_deref(), message));
+                    self.problems
+                        .push(Problem::new(&path, var.as_deref(), message));
                     return None;
                 }
             }
@@ -141,20 +145,25 @@ impl Source {
         self.opt(key, parse).ok().flatten().unwrap_or(default)
     }
 
-    /// A required key; missing or invalid yields a placeholder after recording the problem.
-    pub(super) fn req<T: Default>(
+    /// A required key; `None` (after recording the problem) if missing or invalid.
+    pub(super) fn req<T>(
         &mut self,
         key: &str,
         parse: impl FnOnce(Value) -> Result<T, String>,
-    ) -> T {
+    ) -> Option<T> {
         match self.opt(key, parse) {
-            Ok(Some(value)) => value,
+            Ok(Some(value)) => Some(value),
             Ok(None) => {
                 self.problem(key, "required key is missing");
-                T::default()
+                None
             }
-            Err(Invalid) => T::default(),
+            Err(Invalid) => None,
         }
+    }
+
+    /// Drops `key` unread: used where an earlier problem makes judging it pointless.
+    pub(super) fn skip(&mut self, key: &str) {
+        self.take(key);
     }
 
     /// Refuses `key` if present: it does not apply to the configuration as given.
@@ -172,7 +181,7 @@ impl Source {
             None => {}
             Some(Value::Table(table)) => self.flatten(key, "", table, &mut out),
             Some(other) => {
-                self.problem(key, format!("expected a table, got a {}", other.type_str()));
+                self.problem(key, format!("expected a table, got {}", kind(&other)));
             }
         }
         out
@@ -197,7 +206,7 @@ impl Source {
                     continue;
                 }
                 other => {
-                    let message = format!("expected a string, got a {}", other.type_str());
+                    let message = format!("expected a string, got {}", kind(&other));
                     self.problem(&format!("{key}.{name}"), message);
                     continue;
                 }
@@ -255,13 +264,26 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
         .then(|| &text[prefix.len()..])
 }
 
+/// What a value is, for messages; never the value itself.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
 // ----- value parsers: each refuses with a message that names no secret -----
 
 /// Any string, possibly empty.
 pub(super) fn string(value: Value) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s),
-        other => Err(format!("expected a string, got a {}", other.type_str())),
+        other => Err(format!("expected a string, got {}", kind(&other))),
     }
 }
 
@@ -279,7 +301,7 @@ pub(super) fn secret(value: Value) -> Result<Secret, String> {
     match value {
         Value::String(s) if s.is_empty() => Err("must not be empty".to_owned()),
         Value::String(s) => Ok(Secret::new(s)),
-        other => Err(format!("expected a string, got a {}", other.type_str())),
+        other => Err(format!("expected a string, got {}", kind(&other))),
     }
 }
 
@@ -295,7 +317,7 @@ where
                 .trim()
                 .parse()
                 .map_err(|_| format!("expected an integer, got {s:?}"))?,
-            other => return Err(format!("expected an integer, got a {}", other.type_str())),
+            other => return Err(format!("expected an integer, got {}", kind(&other))),
         };
         match T::try_from(n) {
             Ok(n) if n >= min => Ok(n),
@@ -338,8 +360,8 @@ pub(super) fn one_of<T: Copy>(
 /// The path of an existing, readable regular file.
 pub(super) fn readable_file(value: Value) -> Result<PathBuf, String> {
     let path = PathBuf::from(text(value)?);
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
