@@ -17,6 +17,9 @@ HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# The local stack's ports, overridable from the environment or the command line, e.g.
+# `make up STACK_PG_PORT=25432`: STACK_KAFKA_PORT (19092, PLAINTEXT), STACK_KAFKA_SASL_PORT
+# (19093, SASL_SSL), STACK_KAFKA_CONTROLLER_PORT (19094), STACK_PG_PORT (15432).
 up: ## install what is missing and start the local Kafka + PostgreSQL stack (idempotent)
 	@$(STACK) up
 

@@ -133,7 +133,7 @@ fn every_golden_case_matches_its_expected_output() {
 fn worked_example_is_exactly_as_the_contract_says() {
     let output = lines(&run_case(&repo_root().join("tests/golden/worked-example")));
     let sample: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("tests/golden/worked-example/events.jsonl"))
+        std::fs::read_to_string(repo_root().join("tests/golden/worked-example/events.jsonl"))
             .unwrap()
             .lines()
             .find(|line| !line.starts_with('#'))

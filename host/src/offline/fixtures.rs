@@ -63,7 +63,7 @@ fn parse_event_line(line: &str) -> anyhow::Result<InputEvent> {
 }
 
 fn decode_hex(hex: &str) -> anyhow::Result<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         bail!("`value_hex` has an odd number of digits");
     }
     (0..hex.len())

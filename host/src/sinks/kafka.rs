@@ -77,11 +77,9 @@ impl KafkaSink {
                 .begin_transaction()
                 .map_err(|e| classify("beginning a transaction", e))?;
             let result = self.send_all(plan, to_send, guest, group);
-            if let Err(error) = &result {
-                if matches!(error, SinkError::Retryable(_)) {
-                    // Abort so that the retry starts from a clean transaction.
-                    let _ = self.producer.abort_transaction(self.timeout);
-                }
+            if let Err(SinkError::Retryable(_)) = &result {
+                // Abort so that the retry starts from a clean transaction.
+                let _ = self.producer.abort_transaction(self.timeout);
             }
             result
         })
@@ -157,9 +155,10 @@ impl KafkaSink {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(code), returned))
-                    if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
-                {
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    returned,
+                )) => {
                     record = returned;
                     self.producer.flush(Duration::from_millis(100)).ok();
                 }
