@@ -12,7 +12,7 @@ STACK := $(ROOT)/stack/stack.sh
 export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
 HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 
-.PHONY: help up down status reset guest build lint test bench-guest
+.PHONY: help up down status reset guest build lint test bench-guest run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ lint: ## formatting and clippy, warnings are errors
 
 test: up guest lint ## start the stack, build, lint, and run every test (unit, golden, integration)
 	cargo test --release --workspace
+
+run: up build ## start the stack, build, and run the service against it (Ctrl-C stops it)
+	@set -a; . "$(ROOT)/.stack/local.env"; set +a; \
+	export CAMPAIGN_PUSH__KAFKA__SECURITY__PASSWORD="$$KAFKA_SASL_PASSWORD" \
+	       CAMPAIGN_PUSH__KAFKA__SECURITY__CA_FILE="$$KAFKA_CA_FILE" \
+	       CAMPAIGN_PUSH__POSTGRES__PASSWORD="$$PGPASSWORD" \
+	       CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE="$$PGSSLROOTCERT" \
+	       CAMPAIGN_PUSH__GUEST__PATH="$(GUEST_WASM)"; \
+	exec "$(HOST_BIN)" run --config "$(ROOT)/config/local.toml"
 
 bench-guest: guest ## benchmark the transform natively and through Wasm at fan-outs 10, 100, 10000
 	cargo bench -p campaign-push --bench transform

@@ -14,8 +14,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use campaign_push::guest::SubscriberDirectory;
+use campaign_push::migrations::migrate;
 use campaign_push::subscribers::{
-    CacheOptions, CacheStats, DEFAULT_CHANNEL, PgConnector, SubscriberCache, migrate,
+    CacheOptions, CacheStats, DEFAULT_CHANNEL, PgConnector, SubscriberCache,
 };
 use futures::FutureExt;
 use tokio::task::JoinHandle;

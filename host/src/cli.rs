@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Config, LogConfig, LogFormat};
 use crate::guest::GuestRuntime;
 use crate::offline::{self, TransformTest};
 
@@ -18,6 +19,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: consume campaign events, transform them in the guest, write the
+    /// notifications to Kafka and the feedback rows to PostgreSQL. Stops cleanly on SIGTERM or
+    /// SIGINT.
+    ///
+    /// Configuration: the TOML file, overridden by CAMPAIGN_PUSH__SECTION__KEY environment
+    /// variables (see config/campaign-push.example.toml). Start-up fails, naming every bad key,
+    /// when the configuration is invalid.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, env = "CAMPAIGN_PUSH_CONFIG")]
+        config: PathBuf,
+        /// Log as JSON lines instead of human-readable text (overrides log.format).
+        #[arg(long)]
+        log_json: bool,
+    },
     /// Run a transform guest offline on events and subscribers from files, and print, as JSON
     /// lines, every Kafka message, every subscribers_feedback row, and every skipped and rejected
     /// event. No Kafka or PostgreSQL is needed.
@@ -59,6 +75,15 @@ enum Command {
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Run { config, log_json } => {
+                let config = Config::from_file_and_env(&config)?;
+                init_logging(&config.log, log_json)?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(run_until_signalled(config))?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::TransformTest {
                 guest,
                 events,
@@ -91,5 +116,40 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
         }
+    }
+}
+
+fn init_logging(log: &LogConfig, force_json: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
+        .map_err(|e| anyhow::anyhow!("log.filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if force_json || log.format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// Runs the service; the first SIGTERM or SIGINT asks it to stop, and it gets
+/// `pipeline.shutdown_timeout` to finish or abandon its batch before the process exits anyway.
+async fn run_until_signalled(config: Config) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shutdown_timeout = config.pipeline.shutdown_timeout;
+    let mut service = tokio::spawn(crate::service::run(config, shutdown.clone()));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = &mut service => return result?,
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+    match tokio::time::timeout(shutdown_timeout, service).await {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!(
+            "did not stop within pipeline.shutdown_timeout ({shutdown_timeout:?}); the batch in flight is abandoned uncommitted"
+        ),
     }
 }

@@ -7,7 +7,9 @@
 //! - [`sinks`]: PostgreSQL (binary COPY + delivery ledger) and Kafka (transactional).
 //! - [`offline`]: the `transform-test` runner that exercises a guest without Kafka or PostgreSQL.
 //! - [`config`]: the one configuration struct: TOML file, environment overrides, validation.
+//! - [`migrations`]: the project's own database objects (trigger, ledger), applied at start-up.
 //! - [`subscribers`]: the in-memory copy of `subscribers_restaurants`, kept fresh by push.
+//! - [`service`]: wires everything together and runs it until shutdown.
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -15,8 +17,10 @@ pub mod config;
 pub mod guest;
 pub mod http;
 pub mod metrics;
+pub mod migrations;
 pub mod offline;
 pub mod pipeline;
 pub mod records;
+pub mod service;
 pub mod sinks;
 pub mod subscribers;

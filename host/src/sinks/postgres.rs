@@ -1,6 +1,6 @@
 //! The PostgreSQL sink: `subscribers_feedback` rows by binary COPY, guarded by the delivery ledger.
 //!
-//! One transaction per batch: stage every candidate delivery with binary COPY, record the new
+//! The ledger table is created by migration `002_delivery_ledger`. One transaction per batch: stage every candidate delivery with binary COPY, record the new
 //! (campaign, client) pairs in the ledger, insert feedback rows for exactly those, and return the
 //! deliveries that Kafka still has to receive — the new ones plus any of this same input record
 //! whose earlier Kafka transaction never committed (a crash between the two sinks).
@@ -14,10 +14,6 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::SinkError;
 use crate::pipeline::plan::Plan;
-
-const LEDGER_SCHEMA: &str = include_str!("ledger.sql");
-/// Serialises schema creation between hosts starting together.
-const SCHEMA_LOCK_KEY: i64 = 0x6361_6d70_6169_676e; // "campaign"
 
 const STAGING_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS campaign_push_staging (
     idx int4 NOT NULL,
@@ -92,16 +88,6 @@ pub struct Written {
     pub to_send: Vec<usize>,
     /// Feedback rows inserted (new deliveries).
     pub rows_inserted: u64,
-}
-
-/// Creates the ledger (idempotent, serialised between hosts).
-pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
-        .await?;
-    transaction.batch_execute(LEDGER_SCHEMA).await?;
-    transaction.commit().await
 }
 
 /// Prepares a fresh connection: the session's staging table.

@@ -1,7 +1,7 @@
 //! The subscriber cache: the host's in-memory copy of `subscribers_restaurants`, kept fresh by
 //! push (LISTEN/NOTIFY), not by polling.
 //!
-//! - [`migrate`] installs a trigger that NOTIFYs every insert, update, delete and truncate of the
+//! - [`crate::migrations`] installs a trigger that NOTIFYs every insert, update, delete and truncate of the
 //!   table (`host/migrations/`; only objects of the project's own are added).
 //! - [`SubscriberCache::spawn`] starts a background task that LISTENs, then loads the whole table,
 //!   then applies each notification as it arrives, reloads periodically as a safety net, and
@@ -43,7 +43,6 @@ mod cache;
 mod change;
 mod connect;
 mod key;
-mod migrate;
 mod table;
 mod task;
 
@@ -51,9 +50,6 @@ pub use cache::{CacheError, CacheOptions, CacheStats, SubscriberCache};
 pub use change::{Change, PayloadError};
 pub use connect::{Connect, ConnectionMessages, DEFAULT_APPLICATION_NAME, PgConnector};
 pub use key::canonical_uuid;
-pub use migrate::{
-    MIGRATION_LOCK_KEY, MIGRATIONS, MigrateError, Migration, MigrationReport, migrate,
-};
 pub use table::{Applied, ClientList, SubscriberTable};
 
 /// The NOTIFY channel of the trigger in `host/migrations/001_subscriber_changes.sql`.

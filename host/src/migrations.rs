@@ -18,10 +18,16 @@ pub struct Migration {
 }
 
 /// The migrations, in the order they are applied.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "001_subscriber_changes",
-    sql: include_str!("../../migrations/001_subscriber_changes.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "001_subscriber_changes",
+        sql: include_str!("../migrations/001_subscriber_changes.sql"),
+    },
+    Migration {
+        name: "002_delivery_ledger",
+        sql: include_str!("../migrations/002_delivery_ledger.sql"),
+    },
+];
 
 /// The advisory lock key that serialises migrations: "camppush" in ASCII.
 pub const MIGRATION_LOCK_KEY: i64 = 0x6361_6d70_7075_7368;
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn the_trigger_notifies_the_default_channel() {
         let sql = MIGRATIONS[0].sql;
-        let quoted = format!("'{}'", super::super::DEFAULT_CHANNEL);
+        let quoted = format!("'{}'", crate::subscribers::DEFAULT_CHANNEL);
         // The default in the function body and the argument of both triggers.
         assert_eq!(
             sql.matches(&quoted).count(),

@@ -1,0 +1,220 @@
+//! The service: wires configuration, guest, subscriber cache, Kafka and PostgreSQL into the
+//! pipeline and runs it until `shutdown` is cancelled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PostgresTls, tls_connector};
+use crate::guest::GuestRuntime;
+use crate::http::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::migrations;
+use crate::pipeline::clock::SystemClock;
+use crate::pipeline::transformer::Transformer;
+use crate::pipeline::{PgConnect, Pipeline, Settings};
+use crate::sinks::kafka::{KafkaSink, Topics};
+use crate::sinks::postgres;
+use crate::subscribers::{CacheOptions, Connect, PgConnector, SubscriberCache};
+
+/// How long librdkafka's blocking calls (transactions, metadata, committed offsets) may take.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the service until `shutdown` is cancelled or something fails for good.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    let http = http::serve(
+        config.http.listen,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let guest = GuestRuntime::new()?
+        .load_file(&config.guest.path)
+        .with_context(|| format!("guest.path = {}", config.guest.path.display()))?;
+    let identity = guest.identity().clone();
+    tracing::info!(version = %identity.version, sha256 = %identity.sha256, "guest loaded");
+    metrics.set_guest(&identity.version, &identity.sha256);
+
+    let admin = config
+        .postgres
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let report = migrations::migrate(&admin.client)
+        .await
+        .context("applying the project's migrations")?;
+    tracing::info!(applied = ?report.applied, "database objects up to date");
+
+    let cache = start_subscriber_cache(&config, shutdown.clone())?;
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        ready = cache.ready() => ready.context("loading the subscriber cache")?,
+    }
+    readiness.subscribers_loaded.store(true, Ordering::Release);
+    tracing::info!(rows = cache.stats().rows, "subscriber cache loaded");
+    tokio::spawn(report_cache_metrics(
+        cache.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let consumer = create_consumer(&config)?;
+    let kafka = config.kafka.clone();
+    let sink = tokio::task::spawn_blocking(move || {
+        KafkaSink::new(
+            kafka.client_config(),
+            &kafka.transactional_id,
+            Topics {
+                input: kafka.input_topic,
+                output: kafka.output_topic,
+                dead_letter: kafka.dead_letter_topic,
+            },
+            KAFKA_TIMEOUT,
+        )
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("creating the transactional producer: {e}"))?;
+
+    let committed = committed_offsets(&consumer, &config.kafka.input_topic).await?;
+    let confirmed = postgres::confirm(&admin.client, &config.kafka.input_topic, &committed)
+        .await
+        .context("reconciling the delivery ledger with the committed offsets")?;
+    if confirmed > 0 {
+        tracing::info!(confirmed, "deliveries confirmed as committed to Kafka");
+    }
+    drop(admin);
+
+    let postgres_config = config.postgres.clone();
+    let pg_connect: PgConnect = Arc::new(move || {
+        let postgres_config = postgres_config.clone();
+        Box::pin(async move { Ok(postgres_config.connect().await?.client) })
+    });
+    let pipeline = Pipeline {
+        consumer,
+        input_topic: config.kafka.input_topic.clone(),
+        transformer: Transformer::new(Arc::new(guest), Arc::new(cache))?,
+        pg_connect,
+        kafka: sink,
+        clock: Arc::new(SystemClock),
+        metrics,
+        settings: Settings {
+            batch_max_events: config.pipeline.batch_max_events,
+            batch_linger: config.pipeline.batch_linger,
+            retry_initial_backoff: config.pipeline.sink_retry_initial_backoff,
+            retry_max_backoff: config.pipeline.sink_retry_max_backoff,
+            max_outputs_per_event: config.pipeline.max_outputs_per_event,
+        },
+    };
+    readiness.pipeline_running.store(true, Ordering::Release);
+    tracing::info!(topic = %config.kafka.input_topic, "consuming");
+    let result = pipeline.run(shutdown.clone()).await;
+    readiness.pipeline_running.store(false, Ordering::Release);
+    shutdown.cancel();
+    let _ = http.await;
+    result
+}
+
+fn start_subscriber_cache(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SubscriberCache> {
+    let mut pg_config = config.postgres.pg_config();
+    pg_config.application_name("campaign-push-subscribers");
+    let connector: Box<dyn Connect> = match &config.postgres.tls {
+        PostgresTls::Disable => Box::new(PgConnector::new(pg_config, NoTls)),
+        PostgresTls::VerifyFull { ca_file } => {
+            Box::new(PgConnector::new(pg_config, tls_connector(ca_file)?))
+        }
+    };
+    let options = CacheOptions {
+        channel: config.subscribers.notify_channel.clone(),
+        resync_interval: config.subscribers.resync_interval,
+        ..CacheOptions::default()
+    };
+    let (cache, _task) = SubscriberCache::spawn(connector, options, shutdown)?;
+    Ok(cache)
+}
+
+async fn report_cache_metrics(
+    cache: SubscriberCache,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            now = tick.tick() => {
+                let stats = cache.stats();
+                metrics.cache_rows.set(stats.rows as i64);
+                if let Some(age) = stats.sync_age(now.into_std()) {
+                    metrics.cache_age_seconds.set(age.as_secs() as i64);
+                }
+            }
+        }
+    }
+}
+
+fn create_consumer(config: &Config) -> anyhow::Result<StreamConsumer> {
+    let mut client_config = config.kafka.client_config();
+    client_config
+        .set("group.id", &config.kafka.consumer_group)
+        // Offsets are committed only inside the output transaction.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Events produced in aborted transactions never reach the service.
+        .set("isolation.level", "read_committed");
+    let consumer: StreamConsumer = client_config
+        .create()
+        .context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&config.kafka.input_topic])
+        .context("subscribing to kafka.input_topic")?;
+    Ok(consumer)
+}
+
+/// The consumer group's committed offsets for every partition of `topic`.
+async fn committed_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    tokio::task::block_in_place(|| {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            .with_context(|| format!("reading the metadata of {topic}"))?;
+        let mut partitions = TopicPartitionList::new();
+        for topic_metadata in metadata.topics() {
+            anyhow::ensure!(
+                topic_metadata.error().is_none(),
+                "kafka.input_topic {topic}: {:?}",
+                topic_metadata.error()
+            );
+            for partition in topic_metadata.partitions() {
+                partitions.add_partition(topic, partition.id());
+            }
+        }
+        let committed = consumer
+            .committed_offsets(partitions, KAFKA_TIMEOUT)
+            .context("reading the committed offsets")?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect())
+    })
+}
