@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The local stack: one Apache Kafka node (KRaft, broker + controller) and one PostgreSQL cluster,
-# run as plain processes on 127.0.0.1, with every bit of state under $ROOT/.stack/.
+# run as plain processes on 127.0.0.1, with every bit of state under $ROOT/.stack/. (One exception:
+# when the postgres system user cannot reach .stack/, PostgreSQL's directory lives in
+# /var/lib/campaign-push/<hash of $ROOT>/ instead, and .stack/postgres is a symlink to it.)
 #
 #   stack/stack.sh up       install what is missing, start what is not running (idempotent)
 #   stack/stack.sh down     stop what `up` started (by pid)
@@ -40,11 +42,11 @@ TOPICS=(campaigns:3 campaign-notifications:3 campaigns-dead-letter:3)
 TLS_DIR="$STACK_DIR/tls"
 CA_FILE="$TLS_DIR/ca.pem"
 
-PG_DIR="$STACK_DIR/postgres"
-PG_DATA="$PG_DIR/data"
-PG_SOCKET_DIR="$PG_DIR/run"
-PG_TLS_DIR="$PG_DIR/tls"
-PG_LOG="$PG_DIR/postgres.log"
+# PG_DIR and the paths under it (PG_DATA, PG_SOCKET_DIR, PG_TLS_DIR, PG_LOG) are set by
+# select_pg_dir, which needs the postgres system user; until then they are unset on purpose, so
+# that `set -u` catches any use before the choice is made.
+PG_LINK="$STACK_DIR/postgres"
+PG_FALLBACK_ROOT=/var/lib/campaign-push
 PG_USER=campaign_push
 PG_DATABASE=de
 PG_SQL_FILES=("$ROOT/stack/contract/schema.sql" "$ROOT/stack/contract/sample_subscribers.sql")
@@ -77,9 +79,11 @@ elapsed() { # seconds since the script started, one decimal
 as_root() { if (( EUID == 0 )); then "$@"; else sudo "$@"; fi; }
 
 # PostgreSQL refuses to run as root, so as root we run its programs as the `postgres` system
-# user (created by the Debian package); as anybody else, as that user.
+# user (created by the Debian package); as anybody else, as that user. From /, because the
+# current directory may be out of the postgres user's reach (its programs warn about that);
+# every path given to them is absolute.
 as_pg() {
-    if (( EUID == 0 )); then runuser -u postgres -- "$@"; else "$@"; fi
+    if (( EUID == 0 )); then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 pg_owner() { if (( EUID == 0 )); then echo postgres; else id -un; fi; }
 
@@ -468,23 +472,96 @@ find_pg_bin() {
 
 pg_major() { basename "$(dirname "$PG_BIN")"; }
 
-# The server runs as the postgres user, which must be able to reach its directory; a clone
-# under a private home directory (e.g. /root, mode 700) is out of its reach.
+# Can the server's user search (traverse) DIR? access(2) checks every directory on the way, so
+# one test covers all the parents. (stderr: runuser complains when there is no postgres user yet.)
+pg_can_traverse() { as_pg test -x "$1" 2>/dev/null; }
+
+# The kernel limits a unix socket's path to 107 bytes.
+socket_fits() { local sock="$1/run/.s.PGSQL.$PG_PORT"; (( ${#sock} <= 107 )); } # pg-dir
+
+set_pg_paths() { # pg-dir
+    PG_DIR=$1
+    PG_DATA="$PG_DIR/data"
+    PG_SOCKET_DIR="$PG_DIR/run"
+    PG_TLS_DIR="$PG_DIR/tls"
+    PG_LOG="$PG_DIR/postgres.log"
+}
+
+# Outside the clone, one folder per clone (the hash of its path), short enough for the socket.
+pg_fallback_dir() {
+    local hash
+    hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-16)"
+    echo "$PG_FALLBACK_ROOT/$hash/postgres"
+}
+
+# Where PostgreSQL's directory lives. The server runs as the postgres user, which must be able
+# to traverse every parent of it; a clone under a private home directory (e.g. /root, mode 700,
+# as on CI) is out of its reach, and users should not have to chmod their home for us. So:
+#   - .stack/postgres is a symlink: a previous run (or the user) chose its target; use that;
+#   - .stack/postgres is a directory, or the postgres user can reach .stack/: use .stack/postgres;
+#   - else: a folder under /var/lib, with the symlink .stack/postgres pointing at it so that
+#     later runs (and `down`, `reset`) find it.
+# The programs always get the resolved path: the symlink lives in the unreachable folder, so a
+# path through it would be as unreachable as the folder itself. With --create (only `up`), the
+# fallback's parents and the symlink are made; `down`, `status` and `reset` only look.
+select_pg_dir() { # [--create]
+    if [[ -L $PG_LINK ]]; then
+        # -m: the target may be missing (deleted by hand); init_pg_cluster makes it again.
+        set_pg_paths "$(readlink -m "$PG_LINK")"
+    elif [[ -d $PG_LINK ]] || { pg_can_traverse "$STACK_DIR" && socket_fits "$PG_LINK"; }; then
+        # (A reachable clone whose path is too long for the socket also gets the fallback.)
+        set_pg_paths "$PG_LINK"
+    else
+        set_pg_paths "$(pg_fallback_dir)"
+        [[ ${1:-} == --create ]] || return 0
+        [[ -e $PG_LINK ]] && die "$PG_LINK is neither a directory nor a symlink; remove it"
+        say "$STACK_DIR is out of the postgres user's reach (or too deep for a socket path);" \
+            "PostgreSQL's directory is $PG_DIR"
+        # Root-owned and world-traversable, so that the postgres user reaches its own folder.
+        as_root mkdir -p "$PG_DIR"
+        as_root chown root:root "$PG_FALLBACK_ROOT" "$(dirname "$PG_DIR")"
+        as_root chmod 755 "$PG_FALLBACK_ROOT" "$(dirname "$PG_DIR")"
+        # PG_DIR itself as init_pg_cluster makes it, which (unless root) could not make it here.
+        as_root chown "$(pg_owner):" "$PG_DIR"
+        as_root chmod 700 "$PG_DIR"
+        ln -s "$PG_DIR" "$PG_LINK"
+    fi
+}
+
+# The chosen directory must be reachable: a symlink (or a directory left by an older version of
+# this script) may point where the postgres user cannot go. Its parent is tested, as PG_DIR
+# itself may not exist yet.
 require_pg_reachable() {
-    as_pg test -x "$STACK_DIR" && return 0
-    local dir=$STACK_DIR blocker=$STACK_DIR
+    local parent
+    parent="$(dirname "$PG_DIR")"
+    pg_can_traverse "$parent" && return 0
+    local dir=$parent blocker=$parent
     while [[ $dir != / ]]; do
-        as_pg test -x "$dir" || blocker=$dir
+        pg_can_traverse "$dir" || blocker=$dir
         dir="$(dirname "$dir")"
     done
-    die "the postgres system user cannot reach $STACK_DIR (blocked at $blocker);" \
-        "allow it with 'chmod o+x $blocker' or use a clone in a world-traversable folder"
+    die "the postgres system user cannot reach $PG_DIR (blocked at $blocker);" \
+        "run 'make reset' so that the next 'make up' puts it under $PG_FALLBACK_ROOT"
 }
 
 require_socket_path_fits() {
-    local sock="$PG_SOCKET_DIR/.s.PGSQL.$PG_PORT"
-    (( ${#sock} <= 107 )) || die "PostgreSQL's socket path $sock is longer than 107 bytes;" \
-        "use a clone in a shorter path"
+    socket_fits "$PG_DIR" || die "PostgreSQL's socket path $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT is" \
+        "longer than 107 bytes; use a clone in a shorter path"
+}
+
+# Only what select_pg_dir makes: this clone's fallback folder (also when .stack/ was deleted by
+# hand and left it behind). A symlink that the user pointed elsewhere is theirs: its target stays.
+remove_pg_fallback() {
+    local clone_dir
+    clone_dir="$(dirname "$(pg_fallback_dir)")"
+    if [[ $PG_DIR == "$(pg_fallback_dir)" ]]; then
+        [[ -d $clone_dir ]] || return 0
+        say "removing $clone_dir"
+        as_root rm -rf "$clone_dir"
+        as_root rmdir --ignore-fail-on-non-empty "$PG_FALLBACK_ROOT"  # other clones' may remain
+    elif [[ -L $PG_LINK ]]; then
+        say "leaving $PG_DIR (the target of $PG_LINK, not made by this script)"
+    fi
 }
 
 pg_running() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; }
@@ -535,7 +612,6 @@ install_pg_tls() {
 
 start_pg() {
     pg_running && return 0
-    require_socket_path_fits
     as_pg mkdir -p "$PG_SOCKET_DIR"
     install_pg_tls
     render_pg_config | as_pg tee "$PG_DATA/stack.conf" >/dev/null
@@ -565,13 +641,19 @@ ensure_pg_role_and_db() {
     fi
 }
 
+# The sample rows carry explicit ids, which leave the serial sequence at 1: the first plain
+# INSERT (no id) would then collide with row 1. Move the sequence to the highest id (idempotent).
+# subscribers_feedback has no sample rows, so its sequence needs nothing.
+SYNC_SUBSCRIBERS_SEQUENCE="SELECT setval(pg_get_serial_sequence('public.subscribers_restaurants', 'id'),
+    GREATEST((SELECT max(id) FROM public.subscribers_restaurants), 1))"
+
 # The contract's schema and sample rows, applied as the service user over TCP with TLS verified
 # against the local CA (which also proves that path works). Both files are idempotent.
 apply_schema() {
     PGPASSWORD="$PG_PASSWORD" PGOPTIONS='-c client_min_messages=warning' \
         "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
         "host=$HOST port=$PG_PORT dbname=$PG_DATABASE user=$PG_USER sslmode=verify-full sslrootcert=$CA_FILE" \
-        -f "${PG_SQL_FILES[0]}" -f "${PG_SQL_FILES[1]}" >/dev/null \
+        -f "${PG_SQL_FILES[0]}" -f "${PG_SQL_FILES[1]}" -c "$SYNC_SUBSCRIBERS_SEQUENCE" >/dev/null \
         || die "applying the schema as $PG_USER failed (see above and $PG_LOG)"
 }
 
@@ -615,6 +697,7 @@ require_ports_free() {
 cmd_up() {
     take_lock
     ensure_packages
+    select_pg_dir --create   # needs the postgres user, which the postgresql package creates
     ensure_wasm_target
     require_java17
     ensure_kafka_jars
@@ -622,6 +705,7 @@ cmd_up() {
     require_running_config_unchanged
     require_ports_free
     require_pg_reachable
+    require_socket_path_fits
     load_or_generate_secrets
     write_env_file
     ensure_tls
@@ -641,6 +725,7 @@ cmd_up() {
 
 cmd_down() {
     take_lock
+    select_pg_dir
     stop_kafka
     if [[ -f $PG_DATA/PG_VERSION ]]; then
         find_pg_bin
@@ -651,6 +736,7 @@ cmd_down() {
 
 cmd_status() {
     local pid listing
+    select_pg_dir
     echo "Kafka $KAFKA_VERSION (jars: $KAFKA_LIBS)"
     if pid="$(kafka_pid)"; then
         echo "  running, pid $pid"
@@ -680,6 +766,7 @@ cmd_status() {
         echo "  not initialised (make up)"
     fi
     echo "  address     $HOST:$PG_PORT   (database $PG_DATABASE, user $PG_USER, TLS with CA $CA_FILE)"
+    echo "  data dir    $PG_DATA"
     echo "  socket dir  $PG_SOCKET_DIR"
     echo "  log: $PG_LOG"
     echo "CA file:  $CA_FILE"
@@ -687,9 +774,10 @@ cmd_status() {
 }
 
 cmd_reset() {
-    cmd_down
+    cmd_down   # also resolves PG_DIR, through the symlink that the rm -rf below takes away
     # Guard the rm -rf: only ever the .stack folder of this repository.
     [[ $STACK_DIR == "$ROOT/.stack" && -n $ROOT && $ROOT != / ]] || die "refusing to remove $STACK_DIR"
+    remove_pg_fallback
     say "removing $STACK_DIR (the Kafka jars in $KAFKA_HOME stay)"
     rm -rf "$STACK_DIR"
 }
