@@ -6,6 +6,8 @@
 //! redacted (a `Command`'s `Debug` output would show them, environment included).
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod service;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -324,6 +326,10 @@ pub struct TempTopic {
 
 impl TempTopic {
     pub fn create(env: &StackEnv, prefix: &str) -> Self {
+        Self::with_partitions(env, prefix, 1)
+    }
+
+    pub fn with_partitions(env: &StackEnv, prefix: &str, partitions: i32) -> Self {
         let name = unique_name(prefix);
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", env.get("KAFKA_PLAINTEXT_BOOTSTRAP"))
@@ -331,7 +337,7 @@ impl TempTopic {
             .expect("admin client for the PLAINTEXT listener");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = futures::executor::block_on(admin.create_topics(
-            &[NewTopic::new(&name, 1, TopicReplication::Fixed(1))],
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
             &opts,
         ))
         .unwrap_or_else(|e| panic!("creating topic {name}: {e} (is the stack up? `make up`)"));
@@ -351,9 +357,9 @@ impl TempTopic {
                     .ok()?;
                 let topic = metadata.topics().iter().find(|t| t.name() == name)?;
                 (topic.error().is_none()
-                    && topic.partitions().len() == 1
-                    && topic.partitions()[0].leader() >= 0)
-                    .then_some(())
+                    && topic.partitions().len() == partitions as usize
+                    && topic.partitions().iter().all(|p| p.leader() >= 0))
+                .then_some(())
             },
         );
         Self { name, admin }

@@ -1,0 +1,366 @@
+//! Running the real service binary against the local stack, on topics and a consumer group of
+//! its own, and observing what it wrote: Kafka read with `read_committed`, PostgreSQL rows.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::{StackEnv, TempTopic, poll_until, unique_name};
+
+pub const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_campaign-push");
+
+/// The guest built by `make guest`: `$GUEST_WASM`, or its place beside the binary's target dir.
+pub fn guest_wasm() -> PathBuf {
+    let path = std::env::var_os("GUEST_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target_dir = Path::new(SERVICE_BIN).parent().unwrap().parent().unwrap();
+            target_dir.join("wasm32-wasip2/release-guest/guest_transform.wasm")
+        });
+    assert!(
+        path.exists(),
+        "guest component {} not found: run `make guest` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn key_text(&self) -> &str {
+        std::str::from_utf8(self.key.as_deref().unwrap_or_default()).unwrap()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("the value is JSON")
+    }
+}
+
+/// Topics, consumer group and transactional id that only one test uses.
+pub struct Deployment {
+    pub input: TempTopic,
+    pub output: TempTopic,
+    pub dead_letter: TempTopic,
+    pub group: String,
+    pub transactional_id: String,
+    plaintext: String,
+}
+
+impl Deployment {
+    pub fn new(env: &StackEnv, name: &str) -> Self {
+        Self {
+            input: TempTopic::with_partitions(env, &format!("{name}-in"), 3),
+            output: TempTopic::with_partitions(env, &format!("{name}-out"), 3),
+            dead_letter: TempTopic::with_partitions(env, &format!("{name}-dlq"), 3),
+            group: unique_name(&format!("{name}-group")),
+            transactional_id: unique_name(&format!("{name}-txn")),
+            plaintext: env.get("KAFKA_PLAINTEXT_BOOTSTRAP").to_owned(),
+        }
+    }
+
+    /// Starts the service binary for this deployment and waits until it is ready.
+    pub fn start(&self, env: &StackEnv) -> Service {
+        self.start_with(env, &[])
+    }
+
+    /// As [`Deployment::start`], with extra `CAMPAIGN_PUSH__…` overrides.
+    pub fn start_with(&self, env: &StackEnv, overrides: &[(&str, &str)]) -> Service {
+        let http_port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new(SERVICE_BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CAMPAIGN_PUSH") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(["run", "--config"])
+            .arg(super::repo_root().join("config/local.toml"))
+            .env(
+                "CAMPAIGN_PUSH__KAFKA__BOOTSTRAP_SERVERS",
+                env.get("KAFKA_SASL_BOOTSTRAP"),
+            )
+            .env(
+                "CAMPAIGN_PUSH__KAFKA__SECURITY__PASSWORD",
+                env.get("KAFKA_SASL_PASSWORD"),
+            )
+            .env(
+                "CAMPAIGN_PUSH__KAFKA__SECURITY__CA_FILE",
+                env.get("KAFKA_CA_FILE"),
+            )
+            .env("CAMPAIGN_PUSH__KAFKA__INPUT_TOPIC", &self.input.name)
+            .env("CAMPAIGN_PUSH__KAFKA__OUTPUT_TOPIC", &self.output.name)
+            .env(
+                "CAMPAIGN_PUSH__KAFKA__DEAD_LETTER_TOPIC",
+                &self.dead_letter.name,
+            )
+            .env("CAMPAIGN_PUSH__KAFKA__CONSUMER_GROUP", &self.group)
+            .env(
+                "CAMPAIGN_PUSH__KAFKA__TRANSACTIONAL_ID",
+                &self.transactional_id,
+            )
+            .env("CAMPAIGN_PUSH__POSTGRES__HOST", env.get("PGHOST"))
+            .env("CAMPAIGN_PUSH__POSTGRES__PORT", env.get("PGPORT"))
+            .env("CAMPAIGN_PUSH__POSTGRES__PASSWORD", env.get("PGPASSWORD"))
+            .env(
+                "CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE",
+                env.get("PGSSLROOTCERT"),
+            )
+            .env("CAMPAIGN_PUSH__GUEST__PATH", guest_wasm())
+            .env(
+                "CAMPAIGN_PUSH__HTTP__LISTEN",
+                format!("127.0.0.1:{http_port}"),
+            )
+            .env("CAMPAIGN_PUSH__PIPELINE__BATCH_LINGER", "20ms")
+            .env("CAMPAIGN_PUSH__LOG__FILTER", "info,librdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap());
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the service starts");
+        let mut service = Service {
+            child,
+            http_port,
+            log,
+        };
+        service.wait_ready();
+        service
+    }
+
+    fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.plaintext)
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap()
+    }
+
+    /// Produces `(partition, key, value)` records to the input topic, in order, and flushes.
+    pub fn produce(&self, records: &[(i32, Option<&[u8]>, &[u8])]) {
+        let producer = self.producer();
+        for (partition, key, value) in records {
+            let mut record = BaseRecord::<[u8], [u8]>::to(&self.input.name)
+                .partition(*partition)
+                .payload(*value);
+            if let Some(key) = key {
+                record = record.key(*key);
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, returned)) => {
+                        record = returned;
+                        producer.poll(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("produced");
+    }
+
+    fn admin_consumer(&self, group: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.plaintext)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap()
+    }
+
+    /// Waits until the service's consumer group has committed every input record produced so far.
+    #[track_caller]
+    pub fn wait_consumed(&self, deadline: Duration) {
+        let consumer = self.admin_consumer(&self.group);
+        let topic = &self.input.name;
+        let high: Vec<i64> = (0..3)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        poll_until("the service commits all input", deadline, || {
+            let mut list = TopicPartitionList::new();
+            for p in 0..3 {
+                list.add_partition(topic, p);
+            }
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .ok()?;
+            let all = (0..3).all(|p| {
+                let offset = committed
+                    .find_partition(topic, p)
+                    .map(|e| e.offset())
+                    .unwrap_or(Offset::Invalid);
+                match offset {
+                    Offset::Offset(o) => o >= high[p as usize],
+                    _ => high[p as usize] == 0,
+                }
+            });
+            all.then_some(())
+        });
+    }
+
+    /// Every committed record of `topic` (3 partitions), read from the beginning to the end.
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let consumer = self.admin_consumer(&unique_name("reader"));
+        let mut list = TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&list).unwrap();
+        let mut at_end = [false; 3];
+        let mut records = Vec::new();
+        poll_until(
+            &format!("reading {topic} to its end"),
+            Duration::from_secs(60),
+            || {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(message)) => {
+                        at_end[message.partition() as usize] = false;
+                        let headers = message
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|header| {
+                                        (
+                                            header.key.to_owned(),
+                                            String::from_utf8_lossy(
+                                                header.value.unwrap_or_default(),
+                                            )
+                                            .into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        records.push(Record {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            value: message.payload().unwrap_or_default().to_vec(),
+                            headers,
+                        });
+                    }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                        at_end[p as usize] = true
+                    }
+                    Some(Err(error)) => panic!("reading {topic}: {error}"),
+                    None => {}
+                }
+                at_end.iter().all(|&end| end).then_some(())
+            },
+        );
+        records
+    }
+}
+
+/// A running service process; killed when dropped.
+pub struct Service {
+    child: Child,
+    http_port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Service {
+    #[track_caller]
+    fn wait_ready(&mut self) {
+        poll_until("the service is ready", Duration::from_secs(90), || {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the service exited with {status} before becoming ready:\n{}",
+                    self.log_text()
+                );
+            }
+            (self
+                .get("/readyz")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200")))
+            .then_some(())
+        });
+    }
+
+    /// The body of `GET path` on the service's HTTP endpoint, with the status line.
+    pub fn get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// The value of a counter or gauge in `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        text.lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = poll_until(
+            "the service exits after SIGTERM",
+            Duration::from_secs(60),
+            || self.child.try_wait().unwrap(),
+        );
+        status
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
