@@ -12,7 +12,7 @@ STACK := $(ROOT)/stack/stack.sh
 export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
 HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 
-.PHONY: help up down status reset guest build lint test bench-guest run
+.PHONY: help up down status reset guest build lint test bench-guest run chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ run: up build ## start the stack, build, and run the service against it (Ctrl-C 
 	       CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE="$$PGSSLROOTCERT" \
 	       CAMPAIGN_PUSH__GUEST__PATH="$(GUEST_WASM)"; \
 	exec "$(HOST_BIN)" run --config "$(ROOT)/config/local.toml"
+
+chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_CYCLES, default 50)
+	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test --release -p campaign-push --test crash -- --nocapture
 
 bench-guest: guest ## benchmark the transform natively and through Wasm at fan-outs 10, 100, 10000
 	cargo bench -p campaign-push --bench transform

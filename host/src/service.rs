@@ -69,7 +69,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
 
-    let consumer = create_consumer(&config)?;
     let kafka = config.kafka.clone();
     let sink = tokio::task::spawn_blocking(move || {
         KafkaSink::new(
@@ -86,7 +85,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await?
     .map_err(|e| anyhow::anyhow!("creating the transactional producer: {e}"))?;
 
-    let committed = committed_offsets(&consumer, &config.kafka.input_topic).await?;
+    // After `init_transactions` (which aborts what a crashed predecessor left open: until then
+    // the group's offsets are unstable and cannot be read) and before the consumer joins the
+    // group (a JoinGroup request held by the coordinator would delay this lookup).
+    let committed = committed_offsets(&config).await?;
     let confirmed = postgres::confirm(&admin.client, &config.kafka.input_topic, &committed)
         .await
         .context("reconciling the delivery ledger with the committed offsets")?;
@@ -94,6 +96,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(confirmed, "deliveries confirmed as committed to Kafka");
     }
     drop(admin);
+
+    let consumer = create_consumer(&config)?;
 
     let postgres_config = config.postgres.clone();
     let pg_connect: PgConnect = Arc::new(move || {
@@ -166,17 +170,24 @@ async fn report_cache_metrics(
     }
 }
 
-fn create_consumer(config: &Config) -> anyhow::Result<StreamConsumer> {
+fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
     let mut client_config = config.kafka.client_config();
     client_config
         .set("group.id", &config.kafka.consumer_group)
+        // Static membership: a restarted host takes its partitions back at once instead of
+        // waiting for the group to time its previous incarnation out.
+        .set("group.instance.id", &config.kafka.transactional_id)
         // Offsets are committed only inside the output transaction.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // Events produced in aborted transactions never reach the service.
         .set("isolation.level", "read_committed");
-    let consumer: StreamConsumer = client_config
+    client_config
+}
+
+fn create_consumer(config: &Config) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = consumer_config(config)
         .create()
         .context("creating the Kafka consumer")?;
     consumer
@@ -185,11 +196,15 @@ fn create_consumer(config: &Config) -> anyhow::Result<StreamConsumer> {
     Ok(consumer)
 }
 
-/// The consumer group's committed offsets for every partition of `topic`.
-async fn committed_offsets(
-    consumer: &StreamConsumer,
-    topic: &str,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
+/// The consumer group's committed offsets for every partition of the input topic, read by a
+/// consumer that never joins the group.
+async fn committed_offsets(config: &Config) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let topic = config.kafka.input_topic.as_str();
+    let mut lookup_config = consumer_config(config);
+    lookup_config.remove("group.instance.id");
+    let consumer: rdkafka::consumer::BaseConsumer = lookup_config
+        .create()
+        .context("creating the Kafka offset lookup")?;
     tokio::task::block_in_place(|| {
         let metadata = consumer
             .fetch_metadata(Some(topic), KAFKA_TIMEOUT)

@@ -235,46 +235,42 @@ impl Deployment {
         consumer.assign(&list).unwrap();
         let mut at_end = [false; 3];
         let mut records = Vec::new();
-        poll_until(
-            &format!("reading {topic} to its end"),
-            Duration::from_secs(60),
-            || {
-                match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(message)) => {
-                        at_end[message.partition() as usize] = false;
-                        let headers = message
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|header| {
-                                        (
-                                            header.key.to_owned(),
-                                            String::from_utf8_lossy(
-                                                header.value.unwrap_or_default(),
-                                            )
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !at_end.iter().all(|&end| end) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading {topic} to its end: not done after 120 s"
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    at_end[message.partition() as usize] = false;
+                    let headers = message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|header| {
+                                    (
+                                        header.key.to_owned(),
+                                        String::from_utf8_lossy(header.value.unwrap_or_default())
                                             .into_owned(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        records.push(Record {
-                            partition: message.partition(),
-                            offset: message.offset(),
-                            key: message.key().map(<[u8]>::to_vec),
-                            value: message.payload().unwrap_or_default().to_vec(),
-                            headers,
-                        });
-                    }
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                        at_end[p as usize] = true
-                    }
-                    Some(Err(error)) => panic!("reading {topic}: {error}"),
-                    None => {}
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    records.push(Record {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
                 }
-                at_end.iter().all(|&end| end).then_some(())
-            },
-        );
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
+                Some(Err(error)) => panic!("reading {topic}: {error}"),
+                None => {}
+            }
+        }
         records
     }
 }

@@ -14,6 +14,7 @@ pub const SERVICE_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
     "metadata.broker.list",
     "group.id",
+    "group.instance.id",
     "transactional.id",
     "enable.idempotence",
     "isolation.level",
