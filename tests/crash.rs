@@ -10,7 +10,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use support::service::Deployment;
+use support::service::{Deployment, InputRecord};
 use support::{StackEnv, psql, run, unique_name};
 
 const RESTAURANTS: usize = 20;
@@ -89,7 +89,7 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
             values.push(value);
         }
         sent_events.extend(values.iter().cloned());
-        let records: Vec<(i32, Option<&[u8]>, &[u8])> = values
+        let records: Vec<InputRecord> = values
             .iter()
             .enumerate()
             .map(|(i, v)| ((i % 3) as i32, None, v.as_bytes()))

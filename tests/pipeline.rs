@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::service::{Deployment, Record};
+use support::service::{Deployment, InputRecord, Record};
 use support::{StackEnv, kcat, kcat_sasl_args, psql, run, unique_name};
 
 const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
@@ -207,8 +207,7 @@ fn poison_events_go_to_the_dead_letter_topic_and_the_rest_is_processed_in_order(
         (Some(b"bad-3"), b"[1,2,3]"),
         (Some(b"k3"), valid[3].as_bytes()),
     ];
-    let records: Vec<(i32, Option<&[u8]>, &[u8])> =
-        inputs.iter().map(|(k, v)| (0, *k, *v)).collect();
+    let records: Vec<InputRecord> = inputs.iter().map(|(k, v)| (0, *k, *v)).collect();
     deployment.produce(&records);
     deployment.wait_consumed(DEADLINE);
 

@@ -53,6 +53,9 @@ impl Record {
     }
 }
 
+/// A record to produce to the input topic: partition, key, value.
+pub type InputRecord<'a> = (i32, Option<&'a [u8]>, &'a [u8]);
+
 /// Topics, consumer group and transactional id that only one test uses.
 pub struct Deployment {
     pub input: TempTopic,
@@ -155,7 +158,7 @@ impl Deployment {
     }
 
     /// Produces `(partition, key, value)` records to the input topic, in order, and flushes.
-    pub fn produce(&self, records: &[(i32, Option<&[u8]>, &[u8])]) {
+    pub fn produce(&self, records: &[InputRecord<'_>]) {
         let producer = self.producer();
         for (partition, key, value) in records {
             let mut record = BaseRecord::<[u8], [u8]>::to(&self.input.name)
@@ -333,12 +336,11 @@ impl Service {
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
-        let status = poll_until(
+        poll_until(
             "the service exits after SIGTERM",
             Duration::from_secs(60),
             || self.child.try_wait().unwrap(),
-        );
-        status
+        )
     }
 
     pub fn log_text(&self) -> String {
