@@ -12,7 +12,7 @@ STACK := $(ROOT)/stack/stack.sh
 export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
 HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 
-.PHONY: help up down status reset guest build lint test bench-guest run chaos
+.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ run: up build ## start the stack, build, and run the service against it (Ctrl-C 
 
 chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_CYCLES, default 50)
 	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test --release -p campaign-push --test crash -- --nocapture
+
+bench-pipeline: up guest ## rough end-to-end throughput on the local stack (rows/s)
+	cargo bench -p campaign-push --bench pipeline
 
 bench-guest: guest ## benchmark the transform natively and through Wasm at fan-outs 10, 100, 10000
 	cargo bench -p campaign-push --bench transform

@@ -13,7 +13,7 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PostgresTls, tls_connector};
-use crate::guest::GuestRuntime;
+use crate::guest::{GuestLimits, GuestRuntime};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::migrations;
@@ -39,7 +39,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
 
-    let guest = GuestRuntime::new()?
+    let limits = GuestLimits {
+        call_timeout: config.guest.call_timeout,
+        max_memory_bytes: config.guest.max_memory_mib.saturating_mul(1 << 20),
+    };
+    let guest = GuestRuntime::with_limits(limits)?
         .load_file(&config.guest.path)
         .with_context(|| format!("guest.path = {}", config.guest.path.display()))?;
     let identity = guest.identity().clone();
@@ -97,7 +101,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     drop(admin);
 
-    let consumer = create_consumer(&config)?;
+    let consumer = Arc::new(create_consumer(&config)?);
+    tokio::spawn(report_consumer_lag(
+        consumer.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let postgres_config = config.postgres.clone();
     let pg_connect: PgConnect = Arc::new(move || {
@@ -166,6 +175,42 @@ async fn report_cache_metrics(
                     metrics.cache_age_seconds.set(age.as_secs() as i64);
                 }
             }
+        }
+    }
+}
+
+/// Every few seconds: records not yet consumed on the assigned partitions (high watermark minus
+/// the consumer's position), for the `consumer_lag` gauge.
+async fn report_consumer_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let consumer = consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = consumer.position().ok()?;
+            let mut lag = 0;
+            for element in positions.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                    .ok()?;
+                if let Offset::Offset(position) = element.offset() {
+                    lag += (high - position).max(0);
+                } else {
+                    lag += high.max(0);
+                }
+            }
+            Some(lag)
+        })
+        .await;
+        if let Ok(Some(lag)) = lag {
+            metrics.consumer_lag.set(lag);
         }
     }
 }

@@ -102,6 +102,12 @@ pub struct SubscribersConfig {
 pub struct GuestConfig {
     /// `guest.path` (required): the transform's WebAssembly component (`.wasm`) file.
     pub path: PathBuf,
+    /// `guest.call_timeout` (default `"2s"`): CPU time one batch call may take before it is
+    /// interrupted; the batch is then split to find and dead-letter the event that stalls it.
+    pub call_timeout: Duration,
+    /// `guest.max_memory_mib` (default 256): linear memory one guest instance may grow to; a
+    /// guest that asks for more traps, and the event that caused it is dead-lettered.
+    pub max_memory_mib: usize,
 }
 
 /// `[http]`: the service's own endpoint.
@@ -228,6 +234,12 @@ impl Config {
             subscribers: SubscribersConfig::read(&mut src),
             guest: GuestConfig {
                 path: src.req("guest.path", readable_file).unwrap_or_default(),
+                call_timeout: src.or(
+                    "guest.call_timeout",
+                    Duration::from_secs(2),
+                    duration(Duration::from_millis(10)),
+                ),
+                max_memory_mib: src.or("guest.max_memory_mib", 256, integer(1usize)),
             },
             http: HttpConfig::read(&mut src),
             log: LogConfig::read(&mut src),

@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use guest_transform::PackedStrings;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::InputEvent;
@@ -64,17 +66,45 @@ pub enum CallError {
     OutcomeCount { sent: usize, returned: usize },
 }
 
+/// What one guest call may use: CPU time and memory. A guest exceeding either traps, and the
+/// host treats it like any other trap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    pub call_timeout: Duration,
+    pub max_memory_bytes: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(2),
+            max_memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// How often the engine's epoch advances: the granularity of `call_timeout`.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 /// Compiles and links guests. Cheap to clone.
 #[derive(Clone)]
 pub struct GuestRuntime {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
+    limits: GuestLimits,
 }
 
 impl GuestRuntime {
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_limits(GuestLimits::default())
+    }
+
+    pub fn with_limits(limits: GuestLimits) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // Interrupts a guest that runs too long (an infinite loop on one event) at the next
+        // epoch check, so that it cannot hold a thread forever.
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut linker = Linker::new(&engine);
         // Our guest imports no WASI, but a guest built with Rust's wasip2 `std` imports a dozen
@@ -84,9 +114,11 @@ impl GuestRuntime {
             .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
         CampaignTransform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("linking the subscribers import: {e:?}"))?;
+        start_epoch_ticker(&engine);
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            limits,
         })
     }
 
@@ -115,6 +147,7 @@ impl GuestRuntime {
             .collect();
         let mut guest = LoadedGuest {
             engine: self.engine.clone(),
+            limits: self.limits,
             pre,
             identity: GuestIdentity {
                 version: String::new(),
@@ -135,6 +168,7 @@ impl GuestRuntime {
 /// A compiled component that fits the world. Instantiating it is cheap (microseconds).
 pub struct LoadedGuest {
     engine: Engine,
+    limits: GuestLimits,
     pre: CampaignTransformPre<GuestState>,
     identity: GuestIdentity,
     imports: Vec<String>,
@@ -158,13 +192,25 @@ impl LoadedGuest {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             directory,
+            memory: StoreLimitsBuilder::new()
+                .memory_size(self.limits.max_memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
         };
         let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
+        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX).max(1);
+        store.set_epoch_deadline(ticks);
         let bindings = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-        Ok(GuestInstance { store, bindings })
+        Ok(GuestInstance {
+            store,
+            bindings,
+            deadline_ticks: ticks,
+        })
     }
 }
 
@@ -172,10 +218,13 @@ impl LoadedGuest {
 pub struct GuestInstance {
     store: Store<GuestState>,
     bindings: CampaignTransform,
+    /// `call_timeout` in epoch ticks, re-armed before every call.
+    deadline_ticks: u64,
 }
 
 impl GuestInstance {
     pub fn version(&mut self) -> Result<String, CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
             .campaign_push_transform_transform()
             .call_version(&mut self.store)
@@ -188,6 +237,7 @@ impl GuestInstance {
         now: i64,
         events: &[InputEvent],
     ) -> Result<Vec<Outcome>, CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
         let outcomes = self
             .bindings
             .campaign_push_transform_transform()
@@ -210,6 +260,7 @@ struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     directory: Arc<dyn SubscriberDirectory>,
+    memory: StoreLimits,
 }
 
 impl WasiView for GuestState {
@@ -236,6 +287,21 @@ impl SubscriberDirectory for NoSubscribers {
     fn clients_of(&self, _restaurant_id: &str) -> PackedStrings {
         PackedStrings::default()
     }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine exists.
+fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("guest-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
 }
 
 fn hex(bytes: &[u8]) -> String {

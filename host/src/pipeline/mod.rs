@@ -40,7 +40,7 @@ pub struct Settings {
 }
 
 pub struct Pipeline {
-    pub consumer: StreamConsumer,
+    pub consumer: Arc<StreamConsumer>,
     pub input_topic: String,
     pub transformer: Transformer,
     pub pg_connect: PgConnect,

@@ -1,0 +1,65 @@
+//! A first rough throughput figure of the whole service on the local stack (`make up`): events
+//! with fan-out produced up front, the service started, and the time until the consumer group has
+//! committed everything (both sinks written). Run with `make bench-pipeline`. It reports numbers
+//! and never passes or fails on them.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use support::service::{Deployment, InputRecord};
+use support::{StackEnv, psql, run, unique_name};
+
+const RESTAURANTS: usize = 100;
+const FAN_OUT: usize = 10;
+const EVENTS: usize = 20_000;
+
+fn main() {
+    let env = StackEnv::load();
+    let run_id = unique_name("bench");
+    let mut subscriptions =
+        String::from("INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ");
+    for r in 0..RESTAURANTS {
+        for c in 0..FAN_OUT {
+            if r + c > 0 {
+                subscriptions.push(',');
+            }
+            subscriptions.push_str(&format!("('{run_id}-r{r}-c{c}', '{run_id}-r{r}')"));
+        }
+    }
+    run(&mut psql(&env, "", &subscriptions), None).assert_success();
+
+    let deployment = Deployment::new(&env, "bench");
+    let values: Vec<String> = (0..EVENTS)
+        .map(|i| {
+            format!(
+                r#"{{"restaurant_id":"{run_id}-r{}","adv_campaign_id":"{run_id}-e{i}","adv_campaign_content":"first campaign","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1678615562,"adv_campaign_datetime_end":2659207116,"datetime_created":1678879362}}"#,
+                i % RESTAURANTS
+            )
+        })
+        .collect();
+    let records: Vec<InputRecord> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 3) as i32, None, v.as_bytes()))
+        .collect();
+    deployment.produce(&records);
+
+    let service = deployment.start(&env);
+    let started = Instant::now();
+    deployment.wait_consumed(std::time::Duration::from_secs(600));
+    let elapsed = started.elapsed().as_secs_f64();
+    let rows = (EVENTS * FAN_OUT) as f64;
+    println!(
+        "pipeline: {EVENTS} events x fan-out {FAN_OUT} = {rows} rows and messages in {elapsed:.2} s \
+         from a ready service: {:.0} events/s, {:.0} rows/s (batch_max_events 500, one host, \
+         Kafka + PostgreSQL on the same 2 cores)",
+        EVENTS as f64 / elapsed,
+        rows / elapsed
+    );
+    drop(service);
+    let cleanup =
+        format!("DELETE FROM subscribers_restaurants WHERE restaurant_id LIKE '{run_id}-%'");
+    run(&mut psql(&env, "", &cleanup), None).assert_success();
+}
