@@ -11,8 +11,10 @@ STACK := $(ROOT)/stack/stack.sh
 # A profile of its own (see Cargo.toml): LTO and panic=abort suit the guest but not the host.
 export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
 HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
+# The running host's HTTP endpoint (http.listen in config/local.toml's default).
+ADMIN := http://127.0.0.1:9464
 
-.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline
+.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline reload
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +58,14 @@ run: up build ## start the stack, build, and run the service against it (Ctrl-C 
 	       CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE="$$PGSSLROOTCERT" \
 	       CAMPAIGN_PUSH__GUEST__PATH="$(GUEST_WASM)"; \
 	exec "$(HOST_BIN)" run --config "$(ROOT)/config/local.toml"
+
+reload: ## rebuild the guest; the host started by `make run` swaps to it without a restart
+	@old=$$(curl -fsS $(ADMIN)/metrics | grep '^campaign_push_guest{') \
+	  || { echo "no host answers on $(ADMIN): start it with 'make run'"; exit 1; }; \
+	$(MAKE) --no-print-directory guest; \
+	curl -sS -X POST $(ADMIN)/admin/reload; echo; \
+	echo "before: $$old"; \
+	echo "now:    $$(curl -fsS $(ADMIN)/metrics | grep '^campaign_push_guest{')"
 
 chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_CYCLES, default 50)
 	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test --release -p campaign-push --test crash -- --nocapture

@@ -8,6 +8,9 @@
 #   stack/stack.sh down     stop what `up` started (by pid)
 #   stack/stack.sh status   what runs where
 #   stack/stack.sh reset    down, then wipe .stack/ (the Kafka jars cached in ~/.cache stay)
+#   stack/stack.sh restart-postgres   stop (by pid) and start PostgreSQL only; starts it if stopped
+#   stack/stack.sh restart-kafka      stop (by pid) and start Kafka only; starts it if stopped
+#                                     (both keep the server down STACK_RESTART_DOWNTIME seconds, 0)
 #
 # Ports come from STACK_KAFKA_PORT, STACK_KAFKA_SASL_PORT, STACK_KAFKA_CONTROLLER_PORT and
 # STACK_PG_PORT. Credentials are generated on first run into .stack/local.env and never printed.
@@ -672,9 +675,17 @@ stop_pg() {
 # A running server keeps the settings it was started with. If the requested ports differ (say
 # STACK_PG_PORT changed), refuse before the env file is rewritten to point where nothing listens.
 require_running_config_unchanged() {
+    require_running_kafka_config_unchanged
+    require_running_pg_config_unchanged
+}
+
+require_running_kafka_config_unchanged() {
     if kafka_pid >/dev/null && ! cmp -s "$KAFKA_CONFIG" <(render_kafka_config); then
         die "Kafka is running with other settings (ports?) than requested; run 'make down' first"
     fi
+}
+
+require_running_pg_config_unchanged() {
     if [[ -f $PG_DATA/PG_VERSION ]] && pg_running \
         && ! as_pg cat "$PG_DATA/stack.conf" | cmp -s - <(render_pg_config); then
         die "PostgreSQL is running with other settings (port?) than requested; run 'make down' first"
@@ -782,13 +793,67 @@ cmd_reset() {
     rm -rf "$STACK_DIR"
 }
 
+# Restarting one server of a stack that `up` made, e.g. for tests that a client rides through a
+# server restart. Idempotent: a server that is not running is just started. The server comes
+# back with the settings it had (a request for other ports is refused, as `up` refuses it), and
+# nothing else is checked, installed or changed, so a restart takes only as long as the server
+# needs to stop and to answer again (polled, as `up` does). STACK_RESTART_DOWNTIME (whole seconds,
+# default 0) keeps the server down that long in between, for tests of longer outages.
+RESTART_DOWNTIME="${STACK_RESTART_DOWNTIME:-0}"
+
+require_valid_downtime() { # before anything is stopped
+    [[ $RESTART_DOWNTIME =~ ^[0-9]+$ ]] \
+        || die "STACK_RESTART_DOWNTIME must be a whole number of seconds, not '$RESTART_DOWNTIME'"
+}
+
+restart_downtime() {
+    (( RESTART_DOWNTIME == 0 )) && return 0
+    say "keeping it down for ${RESTART_DOWNTIME}s (STACK_RESTART_DOWNTIME)"
+    sleep "$RESTART_DOWNTIME"   # the outage asked for, not a wait for readiness
+}
+
+cmd_restart_postgres() {
+    require_valid_downtime
+    take_lock
+    select_pg_dir
+    [[ -f $PG_DATA/PG_VERSION ]] || die "PostgreSQL is not initialised in $PG_DATA; run 'make up' first"
+    find_pg_bin
+    require_running_pg_config_unchanged
+    stop_pg
+    restart_downtime
+    require_port_free "$PG_PORT" STACK_PG_PORT
+    start_pg
+    say "PostgreSQL restarted in $(elapsed)s (pid $(pg_pid))"
+}
+
+cmd_restart_kafka() {
+    require_valid_downtime
+    take_lock
+    [[ -e $KAFKA_DATA/meta.properties && -d $KAFKA_LIBS ]] \
+        || die "Kafka is not set up in $KAFKA_DATA; run 'make up' first"
+    require_running_kafka_config_unchanged
+    stop_kafka
+    restart_downtime
+    require_port_free "$KAFKA_PORT" STACK_KAFKA_PORT
+    require_port_free "$KAFKA_SASL_PORT" STACK_KAFKA_SASL_PORT
+    require_port_free "$KAFKA_CONTROLLER_PORT" STACK_KAFKA_CONTROLLER_PORT
+    start_kafka   # polls until the broker answers on the PLAINTEXT listener
+    # As `up`: ready means the users' SASL_SSL login works too (the password from the env file).
+    KAFKA_SASL_PASSWORD="$(env_file_value KAFKA_SASL_PASSWORD)"
+    [[ -n $KAFKA_SASL_PASSWORD ]] || die "$ENV_FILE has no KAFKA_SASL_PASSWORD; run 'make up' first"
+    check_kafka_sasl
+    say "Kafka restarted in $(elapsed)s (pid $(kafka_pid))"
+}
+
 main() {
     case "${1:-}" in
         up) cmd_up ;;
         down) cmd_down ;;
         status) cmd_status ;;
         reset) cmd_reset ;;
-        *) echo "usage: $0 up|down|status|reset" >&2; exit 2 ;;
+        restart-postgres) cmd_restart_postgres ;;
+        restart-kafka) cmd_restart_kafka ;;
+        *) echo "usage: $0 up|down|status|reset|restart-postgres|restart-kafka" >&2; exit 2 ;;
     esac
 }
 

@@ -9,6 +9,7 @@
 //! - [`config`]: the one configuration struct: TOML file, environment overrides, validation.
 //! - [`migrations`]: the project's own database objects (trigger, ledger), applied at start-up.
 //! - [`subscribers`]: the in-memory copy of `subscribers_restaurants`, kept fresh by push.
+//! - [`reload`]: hot reload of the guest (file watch, SIGHUP, admin endpoint) and rollback.
 //! - [`service`]: wires everything together and runs it until shutdown.
 //! - [`cli`]: the command line.
 
@@ -21,6 +22,7 @@ pub mod migrations;
 pub mod offline;
 pub mod pipeline;
 pub mod records;
+pub mod reload;
 pub mod service;
 pub mod sinks;
 pub mod subscribers;

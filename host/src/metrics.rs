@@ -24,6 +24,7 @@ pub struct Metrics {
     pub cache_rows: Gauge,
     pub cache_age_seconds: Gauge,
     pub guest: Family<Vec<(String, String)>, Gauge>,
+    pub guest_swaps: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,6 +45,7 @@ impl Default for Metrics {
             cache_rows: Gauge::default(),
             cache_age_seconds: Gauge::default(),
             guest: Family::default(),
+            guest_swaps: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +114,11 @@ impl Default for Metrics {
             "The guest in service (value 1), by version and SHA-256",
             metrics.guest.clone(),
         );
+        registry.register(
+            "guest_swaps",
+            "Guest reloads and rollbacks, by action and result (accepted or refused)",
+            metrics.guest_swaps.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -136,6 +143,15 @@ impl Metrics {
                 ("sha256".to_owned(), sha256.to_owned()),
             ])
             .set(1);
+    }
+
+    pub fn count_guest_swap(&self, action: &str, result: &str) {
+        self.guest_swaps
+            .get_or_create(&vec![
+                ("action".to_owned(), action.to_owned()),
+                ("result".to_owned(), result.to_owned()),
+            ])
+            .inc();
     }
 
     pub fn count_sink_retry(&self, sink: &str) {

@@ -13,16 +13,20 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PostgresTls, tls_connector};
-use crate::guest::{GuestLimits, GuestRuntime};
+use crate::guest::{GuestLimits, GuestRuntime, GuestSlot, canary};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::migrations;
 use crate::pipeline::clock::SystemClock;
 use crate::pipeline::transformer::Transformer;
 use crate::pipeline::{PgConnect, Pipeline, Settings};
+use crate::reload::{self, Reloader};
 use crate::sinks::kafka::{KafkaSink, Topics};
 use crate::sinks::postgres;
 use crate::subscribers::{CacheOptions, Connect, PgConnector, SubscriberCache};
+
+/// How often the guest file is checked for a new version.
+const GUEST_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long librdkafka's blocking calls (transactions, metadata, committed offsets) may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,24 +35,47 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let http = http::serve(
-        config.http.listen,
-        metrics.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-
     let limits = GuestLimits {
         call_timeout: config.guest.call_timeout,
         max_memory_bytes: config.guest.max_memory_mib.saturating_mul(1 << 20),
     };
-    let guest = GuestRuntime::with_limits(limits)?
+    let runtime = GuestRuntime::with_limits(limits)?;
+    let guest = runtime
         .load_file(&config.guest.path)
         .with_context(|| format!("guest.path = {}", config.guest.path.display()))?;
+    canary::check(&guest).map_err(|e| {
+        anyhow::anyhow!(
+            "guest.path = {}: failed the canary batch: {e}",
+            config.guest.path.display()
+        )
+    })?;
     let identity = guest.identity().clone();
     tracing::info!(version = %identity.version, sha256 = %identity.sha256, "guest loaded");
     metrics.set_guest(&identity.version, &identity.sha256);
+    let slot = Arc::new(GuestSlot::new(guest));
+    let reloader = Arc::new(Reloader::new(
+        runtime,
+        slot.clone(),
+        config.guest.path.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(reload::watch_file(
+        reloader.clone(),
+        GUEST_WATCH_INTERVAL,
+        shutdown.clone(),
+    ));
+    tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
+
+    let http = http::serve(
+        config.http.listen,
+        http::AppState {
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            reloader,
+        },
+        shutdown.clone(),
+    )
+    .await?;
 
     let admin = config
         .postgres
@@ -116,7 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let pipeline = Pipeline {
         consumer,
         input_topic: config.kafka.input_topic.clone(),
-        transformer: Transformer::new(Arc::new(guest), Arc::new(cache))?,
+        transformer: Transformer::new(slot, Arc::new(cache))?,
         pg_connect,
         kafka: sink,
         clock: Arc::new(SystemClock),
@@ -136,6 +163,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancel();
     let _ = http.await;
     result
+}
+
+async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reload through the file or the admin endpoint");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangup.recv() => { let _ = reloader.reload("SIGHUP").await; }
+        }
+    }
 }
 
 fn start_subscriber_cache(

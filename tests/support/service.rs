@@ -195,6 +195,13 @@ impl Deployment {
     /// Waits until the service's consumer group has committed every input record produced so far.
     #[track_caller]
     pub fn wait_consumed(&self, deadline: Duration) {
+        self.wait_consumed_checking(deadline, || {});
+    }
+
+    /// As [`Deployment::wait_consumed`], calling `check` (which may panic, e.g. when the service
+    /// exited) at every poll, so that a failure shows at once instead of at the deadline.
+    #[track_caller]
+    pub fn wait_consumed_checking(&self, deadline: Duration, mut check: impl FnMut()) {
         let consumer = self.admin_consumer(&self.group);
         let topic = &self.input.name;
         let high: Vec<i64> = (0..3)
@@ -206,6 +213,7 @@ impl Deployment {
             })
             .collect();
         poll_until("the service commits all input", deadline, || {
+            check();
             let mut list = TopicPartitionList::new();
             for p in 0..3 {
                 list.add_partition(topic, p);
@@ -322,6 +330,11 @@ impl Service {
         text.lines()
             .find(|line| line.split_whitespace().next() == Some(name))
             .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    /// Whether the process still runs (it has not exited, for whatever reason).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     /// Kills the process with SIGKILL, as a crash would.

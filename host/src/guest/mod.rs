@@ -6,7 +6,9 @@
 //! batches. The subscriber table reaches the guest through a [`SubscriberDirectory`].
 
 pub mod bindings;
+pub mod canary;
 mod outcome;
+pub mod slot;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::InputEvent;
 pub use outcome::Outcome;
+pub use slot::GuestSlot;
 
 use bindings::{CampaignTransform, CampaignTransformPre, types as wit};
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +67,7 @@ impl Pipeline {
             input_topic,
             mut transformer,
             pg_connect,
-            kafka,
+            mut kafka,
             clock,
             metrics,
             settings,
@@ -79,10 +80,10 @@ impl Pipeline {
             "the event fans out to more than {} clients (pipeline.max_outputs_per_event)",
             settings.max_outputs_per_event
         );
-        while let Some(batch) = next_batch(&consumer, &settings, &shutdown).await {
+        while let Some(batch) = next_batch(&consumer, &settings, &shutdown).await? {
             let now = clock.now_epoch_seconds();
             let outcomes =
-                tokio::task::block_in_place(|| transformer.transform(now, &batch.events))?;
+                tokio::task::block_in_place(|| transformer.transform_batch(now, &batch.events))?;
             let plan = plan::plan(
                 &batch.events,
                 &batch.positions,
@@ -125,6 +126,18 @@ impl Pipeline {
             loop {
                 match kafka.write(&plan, &written.to_send, transformer.identity(), &group) {
                     Ok(()) => break,
+                    // A fatal producer (fenced: another instance took over the transactional id,
+                    // or the coordinator aborted a transaction that outlived
+                    // `transaction.timeout.ms`) is not recreated here but ends the service, for
+                    // its supervisor to restart it. Recreating it would be correct only with the
+                    // batch re-established from the committed offsets: the new producer's
+                    // `init_transactions` settles the old transaction (completes a commit already
+                    // prepared, aborts anything else), so whether this batch must be sent again
+                    // can be known only from the group's committed offsets read after that, and
+                    // the consumer would have to be rewound to them. A restart does exactly that
+                    // (see `service::run`), and does not fight over the id with a newer instance.
+                    // Broker restarts and outages do not come here: timeouts and abortable errors
+                    // are retried, resuming the pending commit or abort (see `KafkaSink::write`).
                     Err(SinkError::Fatal(message)) => anyhow::bail!("Kafka sink: {message}"),
                     Err(SinkError::Retryable(message)) => {
                         tracing::warn!(%message, "Kafka transaction failed; retrying");
@@ -171,11 +184,18 @@ async fn connect_pg(connect: &PgConnect) -> anyhow::Result<Client> {
 
 /// Collects up to `batch_max_events` records, waiting at most `batch_linger` after the first.
 /// `None` when shutdown was requested.
+///
+/// Consumer errors are logged and consumption goes on (librdkafka reconnects by itself, e.g. while
+/// a broker restarts), except fatal ones, which end the pipeline: the consumer will never deliver
+/// again. One is a static member fenced by its own earlier session after that session timed out
+/// during a Kafka outage longer than `session.timeout.ms` (librdkafka issue #3437). Nothing of the
+/// batch being collected was written yet, so the restarted service consumes it again from the
+/// committed offsets.
 async fn next_batch(
     consumer: &StreamConsumer,
     settings: &Settings,
     shutdown: &CancellationToken,
-) -> Option<Batch> {
+) -> anyhow::Result<Option<Batch>> {
     let mut batch = Batch {
         events: Vec::new(),
         positions: Vec::new(),
@@ -185,7 +205,7 @@ async fn next_batch(
     while batch.events.len() < settings.batch_max_events {
         let received = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = sleep_until(deadline) => break,
             received = consumer.recv() => received,
         };
@@ -204,10 +224,13 @@ async fn next_batch(
                     offset: message.offset(),
                 });
             }
+            Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
+                anyhow::bail!("Kafka consumer: {error}")
+            }
             Err(error) => tracing::warn!(%error, "consumer error"),
         }
     }
-    Some(batch)
+    Ok(Some(batch))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

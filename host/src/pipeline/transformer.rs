@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
-use crate::guest::SubscriberDirectory;
-use crate::guest::{CallError, GuestIdentity, GuestInstance, InputEvent, LoadedGuest, Outcome};
+use crate::guest::{
+    CallError, GuestIdentity, GuestInstance, GuestSlot, InputEvent, LoadedGuest, Outcome,
+    SubscriberDirectory,
+};
 
 /// The guest in service and its current instance.
 pub struct Transformer {
+    slot: Arc<GuestSlot>,
     guest: Arc<LoadedGuest>,
     directory: Arc<dyn SubscriberDirectory>,
     instance: GuestInstance,
@@ -19,27 +22,53 @@ pub struct TransformError(CallError);
 
 impl Transformer {
     pub fn new(
-        guest: Arc<LoadedGuest>,
+        slot: Arc<GuestSlot>,
         directory: Arc<dyn SubscriberDirectory>,
     ) -> Result<Self, TransformError> {
+        let guest = slot.current();
         let instance = guest
             .instantiate(directory.clone())
             .map_err(TransformError)?;
         Ok(Self {
+            slot,
             guest,
             directory,
             instance,
         })
     }
 
+    /// The guest that transformed the last batch.
     pub fn identity(&self) -> &GuestIdentity {
         self.guest.identity()
+    }
+
+    /// Transforms a whole batch with the guest in service at its start: a swap takes effect here,
+    /// between batches, never inside one.
+    pub fn transform_batch(
+        &mut self,
+        now: i64,
+        events: &[InputEvent],
+    ) -> Result<Vec<Outcome>, TransformError> {
+        let current = self.slot.current();
+        if !Arc::ptr_eq(&current, &self.guest) {
+            self.instance = current
+                .instantiate(self.directory.clone())
+                .map_err(TransformError)?;
+            tracing::info!(
+                from = %self.guest.identity().version,
+                to = %current.identity().version,
+                sha256 = %current.identity().sha256,
+                "batches now use the new guest"
+            );
+            self.guest = current;
+        }
+        self.transform(now, events)
     }
 
     /// One outcome per event. When the guest traps, the instance (whose state may be corrupt) is
     /// replaced and the batch is split in halves until the trapping events stand alone; those are
     /// rejected with the trap as reason and the others are transformed normally.
-    pub fn transform(
+    fn transform(
         &mut self,
         now: i64,
         events: &[InputEvent],

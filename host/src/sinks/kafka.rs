@@ -36,6 +36,27 @@ pub struct KafkaSink {
     producer: ThreadedProducer<DefaultProducerContext>,
     topics: Topics,
     timeout: Duration,
+    pending: Pending,
+}
+
+/// What a failed [`KafkaSink::write`] left unfinished in the producer, for the next call to finish
+/// first.
+///
+/// librdkafka's transactional calls are resumable: one that times out (the broker is away, say
+/// restarting) goes on in the background, and until the *same* function is called again and
+/// returns, every other transactional call fails with "Conflicting … API call is already in
+/// progress". So a write never starts a new transaction over an unfinished one: it resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// No transaction is open.
+    Nothing,
+    /// The transaction holds the whole batch and `commit_transaction` was called, with an outcome
+    /// not known yet: the commit may well happen. Only calling it again is safe; a new
+    /// transaction with the same batch could publish it twice.
+    Commit,
+    /// The transaction failed before it could commit and must be aborted. Nothing of it becomes
+    /// visible to `read_committed` consumers, so the batch is then sent again in a new one.
+    Abort,
 }
 
 impl KafkaSink {
@@ -59,32 +80,95 @@ impl KafkaSink {
             producer,
             topics,
             timeout,
+            pending: Pending::Nothing,
         })
     }
 
     /// Sends `to_send` deliveries of `plan` and all its dead letters, and commits the consumed
-    /// offsets, atomically. On a retryable error the transaction is aborted: nothing of it is
-    /// visible, and the same call may be repeated.
+    /// offsets, atomically. After a retryable error the caller repeats the call with the same
+    /// arguments (the pipeline retries a batch until it is written): the repeat first finishes
+    /// what the failed call left pending (see [`Pending`]), resuming a commit whose outcome is not
+    /// known instead of sending the batch again, and aborting a failed transaction before the
+    /// batch goes into a new one.
     pub fn write(
-        &self,
+        &mut self,
         plan: &Plan<'_>,
         to_send: &[usize],
         guest: &GuestIdentity,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         tokio::task::block_in_place(|| {
+            match self.pending {
+                Pending::Commit => return self.commit(),
+                Pending::Abort => self.abort()?,
+                Pending::Nothing => {}
+            }
             self.producer
                 .begin_transaction()
                 .map_err(|e| classify("beginning a transaction", e))?;
-            let result = self.send_all(plan, to_send, guest, group);
-            if let Err(SinkError::Retryable(_)) = &result {
-                // Abort so that the retry starts from a clean transaction.
-                let _ = self.producer.abort_transaction(self.timeout);
+            self.pending = Pending::Abort;
+            if let Err(error) = self.send_all(plan, to_send, guest, group) {
+                if let SinkError::Retryable(_) = error {
+                    // Now rather than at the next call, so that the retry starts from a clean
+                    // producer; if the abort cannot finish yet, the next call resumes it.
+                    let _ = self.abort();
+                }
+                return Err(error);
             }
-            result
+            self.pending = Pending::Commit;
+            self.commit()
         })
     }
 
+    /// Commits the open transaction, or resumes a commit that did not finish.
+    fn commit(&mut self) -> Result<(), SinkError> {
+        let what = "committing the transaction";
+        match self.producer.commit_transaction(self.timeout) {
+            Ok(()) => {
+                self.pending = Pending::Nothing;
+                Ok(())
+            }
+            // The rdkafka crate flushes the queued messages before it asks for the commit; when
+            // that times out, the commit was not requested yet and the transaction stays open:
+            // the next call flushes again and commits.
+            Err(error @ KafkaError::Flush(_)) => {
+                Err(SinkError::Retryable(format!("{what}: {error}")))
+            }
+            Err(KafkaError::Transaction(error)) if error.is_fatal() => {
+                Err(SinkError::Fatal(format!("{what}: {error}")))
+            }
+            Err(KafkaError::Transaction(error)) if error.txn_requires_abort() => {
+                self.pending = Pending::Abort;
+                let _ = self.abort();
+                Err(SinkError::Retryable(format!("{what}: {error}")))
+            }
+            // E.g. timed out: the commit goes on in the background; calling again resumes it.
+            Err(KafkaError::Transaction(error)) if error.is_retriable() => {
+                Err(SinkError::Retryable(format!("{what}: {error}")))
+            }
+            // Neither retriable nor abortable nor fatal: a state this sink does not know how to
+            // leave. Stopping is safe: the next start's `init_transactions` settles the
+            // transaction, and the batch is replayed from the committed offsets.
+            Err(error) => Err(SinkError::Fatal(format!("{what}: {error}"))),
+        }
+    }
+
+    /// Aborts the open transaction, or resumes an abort that did not finish.
+    fn abort(&mut self) -> Result<(), SinkError> {
+        let what = "aborting the transaction";
+        match self.producer.abort_transaction(self.timeout) {
+            Ok(()) => {
+                self.pending = Pending::Nothing;
+                Ok(())
+            }
+            Err(KafkaError::Transaction(error)) if error.is_retriable() && !error.is_fatal() => {
+                Err(SinkError::Retryable(format!("{what}: {error}")))
+            }
+            Err(error) => Err(SinkError::Fatal(format!("{what}: {error}"))),
+        }
+    }
+
+    /// Everything of the batch into the open transaction, but not the commit.
     fn send_all(
         &self,
         plan: &Plan<'_>,
@@ -140,10 +224,7 @@ impl KafkaSink {
         let offsets = offsets_list(&self.topics.input, &plan.next_offsets)?;
         self.producer
             .send_offsets_to_transaction(&offsets, group, self.timeout)
-            .map_err(|e| classify("committing offsets in the transaction", e))?;
-        self.producer
-            .commit_transaction(self.timeout)
-            .map_err(|e| classify("committing the transaction", e))
+            .map_err(|e| classify("committing offsets in the transaction", e))
     }
 
     /// Enqueues a record, waiting for room when librdkafka's queue is full.
