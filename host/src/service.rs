@@ -25,6 +25,9 @@ use crate::sinks::kafka::{KafkaSink, Topics};
 use crate::sinks::postgres;
 use crate::subscribers::{CacheOptions, Connect, PgConnector, SubscriberCache};
 
+/// How long start-up waits for the consumer group's coordinator to answer.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(120);
+
 /// How often the guest file is checked for a new version.
 const GUEST_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -306,9 +309,25 @@ async fn committed_offsets(config: &Config) -> anyhow::Result<BTreeMap<i32, i64>
                 partitions.add_partition(topic, partition.id());
             }
         }
-        let committed = consumer
-            .committed_offsets(partitions, KAFKA_TIMEOUT)
-            .context("reading the committed offsets")?;
+        // A broker that has just started answers "not coordinator" or "coordinator loading"
+        // until the group's offsets partition is ready: transient, so wait it out.
+        let deadline = std::time::Instant::now() + COORDINATOR_WAIT;
+        let mut delay = Duration::from_millis(100);
+        let committed = loop {
+            match consumer.committed_offsets(partitions.clone(), KAFKA_TIMEOUT) {
+                Ok(committed) => break committed,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    tracing::info!(%error, "committed offsets not readable yet; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    return Err(error).context(format!(
+                        "reading the committed offsets (gave up after {COORDINATOR_WAIT:?})"
+                    ));
+                }
+            }
+        };
         Ok(committed
             .elements()
             .iter()
