@@ -7,11 +7,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::service::{Deployment, InputRecord};
-use support::{StackEnv, psql, run, unique_name};
+use support::service::{Deployment, InputRecord, Subscriptions};
+use support::{StackEnv, unique_name};
 
 const RESTAURANTS: usize = 20;
 const CLIENTS_PER_RESTAURANT: usize = 10;
@@ -55,18 +55,8 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
     let mut rng = Rng(seed);
 
     let run_id = unique_name("crash");
-    let restaurants: Vec<String> = (0..RESTAURANTS).map(|r| format!("{run_id}-r{r}")).collect();
-    let mut subscriptions =
-        String::from("INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ");
-    for (r, restaurant) in restaurants.iter().enumerate() {
-        for c in 0..CLIENTS_PER_RESTAURANT {
-            if r > 0 || c > 0 {
-                subscriptions.push(',');
-            }
-            subscriptions.push_str(&format!("('{restaurant}-c{c}', '{restaurant}')"));
-        }
-    }
-    run(&mut psql(&env, "", &subscriptions), None).assert_success();
+    let subscriptions = Subscriptions::insert(&env, &run_id, RESTAURANTS, CLIENTS_PER_RESTAURANT);
+    let restaurants = &subscriptions.restaurants;
 
     let deployment = Deployment::new(&env, "crash");
     let overrides = [("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS", "40")];
@@ -81,9 +71,7 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
             } else {
                 let restaurant = &restaurants[rng.below(RESTAURANTS as u64) as usize];
                 let campaign = format!("{run_id}-cycle{cycle}-e{i}");
-                for c in 0..CLIENTS_PER_RESTAURANT {
-                    expected.insert((campaign.clone(), format!("{restaurant}-c{c}")));
-                }
+                expected.extend(subscriptions.pairs(&campaign, restaurant));
                 event(&campaign, restaurant)
             };
             values.push(value);
@@ -107,53 +95,15 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
     deployment.wait_consumed(Duration::from_secs(180));
     drop(service);
 
-    // Kafka, read_committed: each expected pair exactly once, nothing else.
-    let mut in_kafka: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for record in deployment.read_all(&deployment.output.name) {
-        let value = record.json();
-        let pair = (
-            value["adv_campaign_id"].as_str().unwrap().to_owned(),
-            value["client_id"].as_str().unwrap().to_owned(),
-        );
-        assert_eq!(pair.1, record.key_text());
-        *in_kafka.entry(pair).or_default() += 1;
-    }
-    let kafka_duplicates: Vec<_> = in_kafka.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        kafka_duplicates.is_empty(),
-        "duplicates in Kafka: {kafka_duplicates:?}"
-    );
-    let kafka_pairs: BTreeSet<_> = in_kafka.into_keys().collect();
-    assert_eq!(kafka_pairs.len(), expected.len(), "pairs in Kafka");
-    assert!(
-        kafka_pairs == expected,
-        "Kafka pairs differ from the expected pairs"
-    );
-
-    // PostgreSQL: each expected pair exactly once.
-    let sql = format!(
-        "SELECT adv_campaign_id, client_id, count(*) FROM subscribers_feedback WHERE adv_campaign_id LIKE '{run_id}-%' GROUP BY 1, 2"
-    );
-    let finished = run(&mut psql(&env, "", &sql), None);
-    finished.assert_success();
-    let mut pg_pairs = BTreeSet::new();
-    for line in finished.stdout_text().lines() {
-        let fields: Vec<&str> = line.split('|').collect();
-        assert_eq!(fields[2], "1", "duplicate row for {line}");
-        pg_pairs.insert((fields[0].to_owned(), fields[1].to_owned()));
-    }
-    assert_eq!(pg_pairs.len(), expected.len(), "pairs in PostgreSQL");
-    assert!(
-        pg_pairs == expected,
-        "PostgreSQL pairs differ from the expected pairs"
+    deployment.assert_exactly_once(
+        &env,
+        &format!("{run_id}-"),
+        &expected,
+        &format!("CHAOS_SEED={seed}"),
     );
     println!(
         "chaos: {cycles} kills, {} events, {} pairs exactly once in Kafka and PostgreSQL",
         sent_events.len(),
         expected.len()
     );
-
-    let cleanup =
-        format!("DELETE FROM subscribers_restaurants WHERE restaurant_id LIKE '{run_id}-%'");
-    run(&mut psql(&env, "", &cleanup), None).assert_success();
 }

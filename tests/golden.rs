@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::service::guest_wasm;
+
+mod support;
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_campaign-push");
 
@@ -18,22 +21,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_owned()
-}
-
-/// The guest built by `make guest`: `$GUEST_WASM`, or its place beside the runner's target dir.
-fn guest_wasm() -> PathBuf {
-    let path = std::env::var_os("GUEST_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let target_dir = Path::new(RUNNER).parent().unwrap().parent().unwrap();
-            target_dir.join("wasm32-wasip2/release-guest/guest_transform.wasm")
-        });
-    assert!(
-        path.exists(),
-        "guest component {} not found: run `make guest` (or `make test`) first",
-        path.display()
-    );
-    path
 }
 
 fn run_runner(args: &[&str]) -> Output {

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::service::{Deployment, InputRecord, Service};
+use support::service::{Deployment, InputRecord, Service, Subscriptions};
 use support::{StackEnv, psql, repo_root, run, run_with_deadline, unique_name};
 
 const RESTAURANTS: usize = 40;
@@ -47,28 +47,16 @@ fn event(campaign: &str, restaurant: &str) -> String {
     )
 }
 
-/// Removes this run's subscriptions at the end, and if the test failed half-way through a
-/// restart, starts whatever server of the stack is not running (`up` is idempotent), so that the
-/// stack is left as it was found.
-struct Cleanup<'a> {
-    env: &'a StackEnv,
-    run_id: String,
-}
+/// If the test failed half-way through a restart, starts whatever server of the stack is not
+/// running (`up` is idempotent), so that the stack is left as it was found.
+struct RestoreStack;
 
-impl Drop for Cleanup<'_> {
+impl Drop for RestoreStack {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = Command::new(repo_root().join("stack/stack.sh"))
                 .arg("up")
                 .status();
-        }
-        let sql = format!(
-            "DELETE FROM subscribers_restaurants WHERE restaurant_id LIKE '{}-%'",
-            self.run_id
-        );
-        let finished = run(&mut psql(self.env, "", &sql), None);
-        if !std::thread::panicking() {
-            finished.assert_success();
         }
     }
 }
@@ -137,22 +125,10 @@ fn the_service_rides_through_a_postgres_and_a_kafka_restart_with_exact_counts() 
             .unwrap_or(0),
     );
     let run_id = unique_name("restarts");
-    let restaurants: Vec<String> = (0..RESTAURANTS).map(|r| format!("{run_id}-r{r}")).collect();
-    let mut subscriptions =
-        String::from("INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ");
-    for (r, restaurant) in restaurants.iter().enumerate() {
-        for c in 0..CLIENTS_PER_RESTAURANT {
-            if r > 0 || c > 0 {
-                subscriptions.push(',');
-            }
-            subscriptions.push_str(&format!("('{restaurant}-c{c}', '{restaurant}')"));
-        }
-    }
-    run(&mut psql(&env, "", &subscriptions), None).assert_success();
-    let _cleanup = Cleanup {
-        env: &env,
-        run_id: run_id.clone(),
-    };
+    let subscriptions = Subscriptions::insert(&env, &run_id, RESTAURANTS, CLIENTS_PER_RESTAURANT);
+    let restaurants = &subscriptions.restaurants;
+    // Dropped before `subscriptions` (reverse order), so PostgreSQL is back for their cleanup.
+    let _restore_stack = RestoreStack;
 
     let deployment = Deployment::new(&env, "restarts");
     let mut service = deployment.start_with(
@@ -175,9 +151,7 @@ fn the_service_rides_through_a_postgres_and_a_kafka_restart_with_exact_counts() 
             } else {
                 let restaurant = &restaurants[(chunk * 7 + i) % RESTAURANTS];
                 let campaign = format!("{run_id}-chunk{chunk}-e{i}");
-                for c in 0..CLIENTS_PER_RESTAURANT {
-                    expected.insert((campaign.clone(), format!("{restaurant}-c{c}")));
-                }
+                expected.extend(subscriptions.pairs(&campaign, restaurant));
                 event(&campaign, restaurant)
             };
             values.push(value);
@@ -248,28 +222,7 @@ fn the_service_rides_through_a_postgres_and_a_kafka_restart_with_exact_counts() 
         }
     }
 
-    // Kafka, read_committed: each expected pair exactly once, nothing else.
-    let mut in_kafka: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for record in deployment.read_all(&deployment.output.name) {
-        let value = record.json();
-        let pair = (
-            value["adv_campaign_id"].as_str().unwrap().to_owned(),
-            value["client_id"].as_str().unwrap().to_owned(),
-        );
-        assert_eq!(pair.1, record.key_text());
-        *in_kafka.entry(pair).or_default() += 1;
-    }
-    let kafka_duplicates: Vec<_> = in_kafka.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        kafka_duplicates.is_empty(),
-        "duplicates in Kafka: {kafka_duplicates:?}\n{log}"
-    );
-    let kafka_pairs: BTreeSet<_> = in_kafka.into_keys().collect();
-    assert_eq!(kafka_pairs.len(), expected.len(), "pairs in Kafka\n{log}");
-    assert!(
-        kafka_pairs == expected,
-        "Kafka pairs differ from the expected pairs"
-    );
+    deployment.assert_exactly_once(&env, &format!("{run_id}-"), &expected, &log);
     let dead_letters = deployment.read_all(&deployment.dead_letter.name);
     assert!(
         dead_letters.is_empty(),
@@ -277,23 +230,6 @@ fn the_service_rides_through_a_postgres_and_a_kafka_restart_with_exact_counts() 
         dead_letters.len()
     );
 
-    // PostgreSQL: each expected pair exactly once.
-    let sql = format!(
-        "SELECT adv_campaign_id, client_id, count(*) FROM subscribers_feedback WHERE adv_campaign_id LIKE '{run_id}-%' GROUP BY 1, 2"
-    );
-    let finished = run(&mut psql(&env, "", &sql), None);
-    finished.assert_success();
-    let mut pg_pairs = BTreeSet::new();
-    for line in finished.stdout_text().lines() {
-        let fields: Vec<&str> = line.split('|').collect();
-        assert_eq!(fields[2], "1", "duplicate row for {line}");
-        pg_pairs.insert((fields[0].to_owned(), fields[1].to_owned()));
-    }
-    assert_eq!(pg_pairs.len(), expected.len(), "pairs in PostgreSQL\n{log}");
-    assert!(
-        pg_pairs == expected,
-        "PostgreSQL pairs differ from the expected pairs"
-    );
     println!(
         "restarts: {} events ({} re-sent), {} pairs exactly once in Kafka and PostgreSQL",
         sent_events.len(),

@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Instant;
 
-use support::service::{Deployment, InputRecord};
-use support::{StackEnv, psql, run, unique_name};
+use support::service::{Deployment, InputRecord, Subscriptions};
+use support::{StackEnv, unique_name};
 
 const RESTAURANTS: usize = 100;
 const FAN_OUT: usize = 10;
@@ -18,17 +18,7 @@ const EVENTS: usize = 20_000;
 fn main() {
     let env = StackEnv::load();
     let run_id = unique_name("bench");
-    let mut subscriptions =
-        String::from("INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ");
-    for r in 0..RESTAURANTS {
-        for c in 0..FAN_OUT {
-            if r + c > 0 {
-                subscriptions.push(',');
-            }
-            subscriptions.push_str(&format!("('{run_id}-r{r}-c{c}', '{run_id}-r{r}')"));
-        }
-    }
-    run(&mut psql(&env, "", &subscriptions), None).assert_success();
+    let _subscriptions = Subscriptions::insert(&env, &run_id, RESTAURANTS, FAN_OUT);
 
     let deployment = Deployment::new(&env, "bench");
     let values: Vec<String> = (0..EVENTS)
@@ -59,7 +49,4 @@ fn main() {
         rows / elapsed
     );
     drop(service);
-    let cleanup =
-        format!("DELETE FROM subscribers_restaurants WHERE restaurant_id LIKE '{run_id}-%'");
-    run(&mut psql(&env, "", &cleanup), None).assert_success();
 }

@@ -1,7 +1,7 @@
 //! Running the real service binary against the local stack, on topics and a consumer group of
 //! its own, and observing what it wrote: Kafka read with `read_committed`, PostgreSQL rows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{StackEnv, TempTopic, poll_until, unique_name};
+use super::{StackEnv, TempTopic, poll_until, psql, run, unique_name};
 
 pub const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_campaign-push");
 
@@ -374,4 +374,121 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A (campaign id, client id) pair: what the contract delivers at most once.
+pub type Pair = (String, String);
+
+/// Subscriptions that exist for one test run: `restaurants` restaurants `<run_id>-r<n>` with
+/// `clients` clients `<restaurant>-c<m>` each, deleted when dropped.
+pub struct Subscriptions<'a> {
+    env: &'a StackEnv,
+    run_id: String,
+    pub restaurants: Vec<String>,
+    pub clients_per_restaurant: usize,
+}
+
+impl<'a> Subscriptions<'a> {
+    pub fn insert(env: &'a StackEnv, run_id: &str, restaurants: usize, clients: usize) -> Self {
+        let restaurants: Vec<String> = (0..restaurants).map(|r| format!("{run_id}-r{r}")).collect();
+        let rows: Vec<String> = restaurants
+            .iter()
+            .flat_map(|restaurant| {
+                (0..clients).map(move |c| format!("('{restaurant}-c{c}', '{restaurant}')"))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES {}",
+            rows.join(",")
+        );
+        run(&mut psql(env, "", &sql), None).assert_success();
+        Self {
+            env,
+            run_id: run_id.to_owned(),
+            restaurants,
+            clients_per_restaurant: clients,
+        }
+    }
+
+    /// The pairs one campaign of `restaurant` must produce.
+    pub fn pairs(&self, campaign: &str, restaurant: &str) -> impl Iterator<Item = Pair> + '_ {
+        let (campaign, restaurant) = (campaign.to_owned(), restaurant.to_owned());
+        (0..self.clients_per_restaurant)
+            .map(move |c| (campaign.clone(), format!("{restaurant}-c{c}")))
+    }
+}
+
+impl Drop for Subscriptions<'_> {
+    fn drop(&mut self) {
+        let sql = format!(
+            "DELETE FROM subscribers_restaurants WHERE restaurant_id LIKE '{}-%'",
+            self.run_id
+        );
+        let finished = run(&mut psql(self.env, "", &sql), None);
+        if !std::thread::panicking() {
+            finished.assert_success();
+        }
+    }
+}
+
+impl Deployment {
+    /// Asserts that the output topic (read with `read_committed`) holds every pair of `expected`
+    /// exactly once and nothing else, and that `subscribers_feedback` holds every one exactly once
+    /// among the campaigns whose id starts with `campaign_prefix`. `context` is added to failures.
+    #[track_caller]
+    pub fn assert_exactly_once(
+        &self,
+        env: &StackEnv,
+        campaign_prefix: &str,
+        expected: &BTreeSet<Pair>,
+        context: &str,
+    ) {
+        let mut in_kafka: BTreeMap<Pair, usize> = BTreeMap::new();
+        for record in self.read_all(&self.output.name) {
+            let value = record.json();
+            let pair = (
+                value["adv_campaign_id"].as_str().unwrap().to_owned(),
+                value["client_id"].as_str().unwrap().to_owned(),
+            );
+            assert_eq!(pair.1, record.key_text(), "the key is the client id");
+            *in_kafka.entry(pair).or_default() += 1;
+        }
+        let duplicates: Vec<_> = in_kafka.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            duplicates.is_empty(),
+            "duplicates in Kafka: {duplicates:?}\n{context}"
+        );
+        let kafka_pairs: BTreeSet<Pair> = in_kafka.into_keys().collect();
+        assert_eq!(
+            kafka_pairs.len(),
+            expected.len(),
+            "pairs in Kafka\n{context}"
+        );
+        assert!(
+            &kafka_pairs == expected,
+            "Kafka pairs differ from the expected ones\n{context}"
+        );
+
+        let sql = format!(
+            "SELECT adv_campaign_id, client_id, count(*) FROM subscribers_feedback \
+             WHERE adv_campaign_id LIKE '{campaign_prefix}%' GROUP BY 1, 2"
+        );
+        let finished = run(&mut psql(env, "", &sql), None);
+        finished.assert_success();
+        let mut pg_pairs = BTreeSet::new();
+        for line in finished.stdout_text().lines() {
+            let fields: Vec<&str> = line.split('|').collect();
+            assert_eq!(fields[2], "1", "duplicate row for {line}\n{context}");
+            pg_pairs.insert((fields[0].to_owned(), fields[1].to_owned()));
+        }
+        assert_eq!(
+            pg_pairs.len(),
+            expected.len(),
+            "pairs in PostgreSQL\n{context}"
+        );
+        assert!(
+            &pg_pairs == expected,
+            "PostgreSQL pairs differ from the expected ones\n{context}"
+        );
+    }
 }

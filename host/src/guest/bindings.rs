@@ -5,4 +5,4 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use campaign_push::transform::types;
+pub use self::campaign_push::transform::types;
