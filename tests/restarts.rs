@@ -16,12 +16,12 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::service::{Deployment, InputRecord, Service, Subscriptions};
-use support::{StackEnv, psql, repo_root, run, run_with_deadline, unique_name};
+use support::{StackEnv, repo_root, run_with_deadline, unique_name};
 
 const RESTAURANTS: usize = 40;
 /// The fan-out of every event.
