@@ -7,7 +7,8 @@
 #   stack/stack.sh up       install what is missing, start what is not running (idempotent)
 #   stack/stack.sh down     stop what `up` started (by pid)
 #   stack/stack.sh status   what runs where
-#   stack/stack.sh reset    down, then wipe .stack/ (the Kafka jars cached in ~/.cache stay)
+#   stack/stack.sh reset    down, then wipe .stack/ (the Kafka jars cached in ~/.cache and the
+#                           librdkafka installed for kcat in /usr/local/lib stay)
 #   stack/stack.sh restart-postgres   stop (by pid) and start PostgreSQL only; starts it if stopped
 #   stack/stack.sh restart-kafka      stop (by pid) and start Kafka only; starts it if stopped
 #                                     (both keep the server down STACK_RESTART_DOWNTIME seconds, 0)
@@ -34,7 +35,7 @@ KAFKA_DIR="$STACK_DIR/kafka"
 KAFKA_DATA="$KAFKA_DIR/data"
 KAFKA_CONFIG="$KAFKA_DIR/server.properties"
 KAFKA_PID_FILE="$KAFKA_DIR/kafka.pid"
-KAFKA_LOG="$KAFKA_DIR/kafka.log"      # the broker's own log (log4j)
+KAFKA_LOG="$KAFKA_DIR/kafka.log"      # the broker's own log (log4j 2)
 KAFKA_OUT="$KAFKA_DIR/kafka.out"      # JVM stdout/stderr: crashes before logging starts land here
 KAFKA_START_TIMEOUT=120
 KAFKA_STOP_TIMEOUT=60
@@ -58,9 +59,17 @@ ENV_FILE="$STACK_DIR/local.env"
 APT_LOG="$STACK_DIR/apt.log"
 MAVEN_LOG="$STACK_DIR/maven.log"
 
+# Debian 12's kcat links librdkafka 2.0.2, whose SCRAM login Kafka 4.x refuses (see
+# ensure_kcat_librdkafka). kcat gets a newer librdkafka, built from the source that the
+# rdkafka-sys crate vendors, installed as /usr/local/lib/librdkafka.so.1.
+LIBRDKAFKA_MIN=2.6.1
+LIBRDKAFKA_LIB=/usr/local/lib/librdkafka.so.1
+LIBRDKAFKA_LOG="$STACK_DIR/librdkafka-build.log"
+
 # Debian packages: the stack's servers and clients, plus what the rdkafka crate needs to build its
 # vendored librdkafka (./configure + make with a C compiler, OpenSSL and zlib headers found by
-# pkg-config; cmake is only needed for rdkafka's non-default cmake-build feature).
+# pkg-config; cmake is only needed for rdkafka's non-default cmake-build feature). The same
+# toolchain builds the librdkafka that kcat gets (ensure_kcat_librdkafka).
 REQUIRED_PACKAGES=(postgresql kcat openssl openjdk-17-jre-headless maven iproute2
                    build-essential pkg-config libssl-dev zlib1g-dev)
 
@@ -172,6 +181,86 @@ ensure_kafka_jars() {
     rm -rf "$KAFKA_LIBS"
     mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
     echo "$want" >"$stamp"
+}
+
+# The librdkafka version kcat runs with (kcat -V asks the loaded library, not its headers).
+kcat_librdkafka_version() {
+    local out
+    out="$(kcat -V 2>/dev/null)" || return 0
+    sed -n 's/.*librdkafka \([0-9][0-9.]*\).*/\1/p' <<<"$out" | head -n1
+}
+
+version_at_least() { # have want
+    [[ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" == "$2" ]]
+}
+
+# Kafka 4.x checks the nonce of a SCRAM client's final message strictly, and librdkafka before
+# 2.6.1 sends it wrongly (librdkafka PR #4895): Debian 12's kcat 1.7.1, linked to Debian's
+# librdkafka 2.0.2, fails with "Authentication failed ... invalid credentials". So kcat gets a
+# newer librdkafka (same soname, backwards compatible ABI): the source that the rdkafka-sys crate
+# vendors (the version in Cargo.lock, i.e. the very librdkafka the service uses) is built once into
+# $CACHE_DIR and its shared library installed as /usr/local/lib/librdkafka.so.1, which the dynamic
+# linker finds before Debian's (/etc/ld.so.conf.d/libc.conf lists /usr/local/lib first). This
+# affects every program on the machine that loads librdkafka.so.1 (kcat is the one that matters).
+# Fast when kcat already runs with a new enough librdkafka: one `kcat -V`.
+ensure_kcat_librdkafka() {
+    local have
+    have="$(kcat_librdkafka_version)"
+    [[ -n $have ]] && version_at_least "$have" "$LIBRDKAFKA_MIN" && return 0
+
+    # One build at a time on this machine (other clones share the cache and /usr/local/lib);
+    # whoever waited finds the library installed and is done.
+    mkdir -p "$CACHE_DIR"
+    exec 8>"$CACHE_DIR/librdkafka.lock"
+    flock 8
+    have="$(kcat_librdkafka_version)"
+    if [[ -n $have ]] && version_at_least "$have" "$LIBRDKAFKA_MIN"; then
+        exec 8>&-
+        return 0
+    fi
+
+    local crate_version src build t0=$SECONDS
+    crate_version="$(sed -n '/^name = "rdkafka-sys"$/{n;s/^version = "\(.*\)"$/\1/p}' "$ROOT/Cargo.lock")"
+    [[ -n $crate_version ]] || die "rdkafka-sys is missing from $ROOT/Cargo.lock"
+    say "kcat runs with librdkafka ${have:-?}, older than $LIBRDKAFKA_MIN (Kafka 4.x refuses its" \
+        "SCRAM login); building librdkafka from rdkafka-sys $crate_version (log: $LIBRDKAFKA_LOG)"
+    : >"$LIBRDKAFKA_LOG"
+    src="$(librdkafka_source "$crate_version")"
+    build="$CACHE_DIR/librdkafka-$crate_version"
+    # (A chain of &&: `set -e` does not apply inside a command whose status `||` tests.)
+    (
+        rm -rf "$build" && cp -a "$src" "$build" && cd "$build" &&
+        # Only what the Debian packages above provide: OpenSSL (SSL, SCRAM) and zlib; LZ4 and
+        # snappy are built in. No zstd, Cyrus SASL (GSSAPI), libcurl (OIDC): like the service's
+        # own librdkafka (rdkafka crate features "ssl", default libz), which needs none of them.
+        ./configure --prefix=/usr/local --no-download --disable-zstd --disable-gssapi \
+            --disable-curl --disable-lz4-ext --enable-ssl --enable-zlib &&
+        make -C src -j"$(nproc)" librdkafka.so.1
+    ) >>"$LIBRDKAFKA_LOG" 2>&1 || die "building librdkafka failed; see $LIBRDKAFKA_LOG"
+    # Into place by rename, so that a kcat starting meanwhile never loads half a file.
+    as_root install -m 644 "$build/src/librdkafka.so.1" "$LIBRDKAFKA_LIB.partial"
+    as_root mv -f "$LIBRDKAFKA_LIB.partial" "$LIBRDKAFKA_LIB"
+    as_root ldconfig
+    have="$(kcat_librdkafka_version)"
+    version_at_least "${have:-0}" "$LIBRDKAFKA_MIN" \
+        || die "kcat still runs with librdkafka ${have:-?} after installing $LIBRDKAFKA_LIB;" \
+               "check 'ldd \$(command -v kcat)' and /etc/ld.so.conf.d/"
+    exec 8>&-
+    say "kcat now runs with librdkafka $have ($LIBRDKAFKA_LIB, built in $(( SECONDS - t0 ))s)"
+}
+
+# The librdkafka source folder inside the rdkafka-sys crate, fetched by cargo when missing.
+librdkafka_source() { # crate-version
+    local cargo_home="${CARGO_HOME:-$HOME/.cargo}" dir
+    dir="$(ls -d "$cargo_home"/registry/src/*/"rdkafka-sys-$1"/librdkafka 2>/dev/null | head -n1)"
+    if [[ ! -x $dir/configure ]]; then
+        command -v cargo >/dev/null || die "cargo not found: it fetches the librdkafka source"
+        (cd "$ROOT" && cargo fetch --locked) >>"$LIBRDKAFKA_LOG" 2>&1 \
+            || die "cargo fetch failed; see $LIBRDKAFKA_LOG"
+        dir="$(ls -d "$cargo_home"/registry/src/*/"rdkafka-sys-$1"/librdkafka 2>/dev/null | head -n1)"
+        [[ -x $dir/configure ]] || die "no librdkafka source in rdkafka-sys $1 under $cargo_home"
+    fi
+    echo "$dir"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -346,16 +435,18 @@ format_kafka_storage() {
     local cluster_id
     # A Kafka cluster id is 16 random bytes in URL-safe base64 without padding.
     cluster_id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"
-    kafka_tool kafka.tools.StorageTool format --config "$KAFKA_CONFIG" --cluster-id "$cluster_id" \
+    # (umask: Kafka 4.x prints the SCRAM credential's salt and keys, which stay private.)
+    (umask 077 && kafka_tool kafka.tools.StorageTool format --config "$KAFKA_CONFIG" \
+        --cluster-id "$cluster_id" \
         --add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$KAFKA_SASL_PASSWORD]" \
-        >"$KAFKA_DIR/format.log" 2>&1 \
+        >"$KAFKA_DIR/format.log" 2>&1) \
         || die "formatting Kafka's storage failed; see $KAFKA_DIR/format.log"
 }
 
 # A short-lived Kafka command-line tool: small heap, quick JIT, warnings to stderr only.
 kafka_tool() { # main-class args...
     java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
-        -Dlog4j.configuration="file:$ROOT/stack/kafka/log4j-tools.properties" \
+        -Dlog4j2.configurationFile="$ROOT/stack/kafka/log4j2-tools.properties" \
         -cp "$KAFKA_LIBS/*" "$@"
 }
 
@@ -392,7 +483,7 @@ start_kafka() {
     # in place and $! is the JVM's pid (kafka_pid checks that).
     setsid java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-        -Dlog4j.configuration="file:$ROOT/stack/kafka/log4j.properties" \
+        -Dlog4j2.configurationFile="$ROOT/stack/kafka/log4j2.properties" \
         -Dkafka.logs.dir="$KAFKA_DIR" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONFIG" \
         </dev/null >>"$KAFKA_OUT" 2>&1 9>&- &
@@ -708,6 +799,7 @@ require_ports_free() {
 cmd_up() {
     take_lock
     ensure_packages
+    ensure_kcat_librdkafka   # needs the toolchain; before anything below runs kcat
     select_pg_dir --create   # needs the postgres user, which the postgresql package creates
     ensure_wasm_target
     require_java17
@@ -789,7 +881,7 @@ cmd_reset() {
     # Guard the rm -rf: only ever the .stack folder of this repository.
     [[ $STACK_DIR == "$ROOT/.stack" && -n $ROOT && $ROOT != / ]] || die "refusing to remove $STACK_DIR"
     remove_pg_fallback
-    say "removing $STACK_DIR (the Kafka jars in $KAFKA_HOME stay)"
+    say "removing $STACK_DIR (the Kafka jars in $KAFKA_HOME and $LIBRDKAFKA_LIB stay)"
     rm -rf "$STACK_DIR"
 }
 
