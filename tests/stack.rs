@@ -148,7 +148,9 @@ fn users_kcat_produce_fails_tls_when_it_does_not_trust_the_local_ca() {
     produced.assert_failure();
     let stderr = produced.stderr_text();
     assert!(
-        stderr.contains("SSL handshake failed") && stderr.contains("certificate verify failed"),
+        // librdkafka words the failure differently across versions and moments ("SSL handshake
+        // failed: …", "… (after 9ms in state SSL_HANDSHAKE)"); OpenSSL's reason is constant.
+        stderr.contains("certificate verify failed") && stderr.contains("SSL"),
         "expected a TLS verification error from kcat, got:\n{stderr}"
     );
     assert_eq!(
