@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::service::{Deployment, InputRecord, Subscriptions};
+use support::service::{Deployment, Subscriptions, campaign_event};
 use support::{StackEnv, unique_name};
 
 const RESTAURANTS: usize = 20;
@@ -32,12 +32,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn event(campaign: &str, restaurant: &str) -> String {
-    format!(
-        r#"{{"restaurant_id":"{restaurant}","adv_campaign_id":"{campaign}","adv_campaign_content":"crash test","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1678615562,"adv_campaign_datetime_end":2659207116,"datetime_created":1678879362}}"#
-    )
 }
 
 #[test]
@@ -72,17 +66,12 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
                 let restaurant = &restaurants[rng.below(RESTAURANTS as u64) as usize];
                 let campaign = format!("{run_id}-cycle{cycle}-e{i}");
                 expected.extend(subscriptions.pairs(&campaign, restaurant));
-                event(&campaign, restaurant)
+                campaign_event(&campaign, restaurant, "crash test")
             };
             values.push(value);
         }
         sent_events.extend(values.iter().cloned());
-        let records: Vec<InputRecord> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ((i % 3) as i32, None, v.as_bytes()))
-            .collect();
-        deployment.produce(&records);
+        deployment.produce_spread(&values);
 
         let service = deployment.start_with(&env, &overrides);
         // The chaos schedule itself, not a synchronisation: kill somewhere in the first 1.5 s of

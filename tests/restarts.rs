@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::service::{Deployment, InputRecord, Service, Subscriptions};
+use support::service::{Deployment, Service, Subscriptions, campaign_event};
 use support::{StackEnv, repo_root, run_with_deadline, unique_name};
 
 const RESTAURANTS: usize = 40;
@@ -40,12 +40,6 @@ const RESTART_DEADLINE: Duration = Duration::from_secs(240);
 const CONSUMED_DEADLINE: Duration = Duration::from_secs(300);
 
 const EVENTS_METRIC: &str = "campaign_push_events_in_total";
-
-fn event(campaign: &str, restaurant: &str) -> String {
-    format!(
-        r#"{{"restaurant_id":"{restaurant}","adv_campaign_id":"{campaign}","adv_campaign_content":"restart test","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1678615562,"adv_campaign_datetime_end":2659207116,"datetime_created":1678879362}}"#
-    )
-}
 
 /// If the test failed half-way through a restart, starts whatever server of the stack is not
 /// running (`up` is idempotent), so that the stack is left as it was found.
@@ -152,17 +146,12 @@ fn the_service_rides_through_a_postgres_and_a_kafka_restart_with_exact_counts() 
                 let restaurant = &restaurants[(chunk * 7 + i) % RESTAURANTS];
                 let campaign = format!("{run_id}-chunk{chunk}-e{i}");
                 expected.extend(subscriptions.pairs(&campaign, restaurant));
-                event(&campaign, restaurant)
+                campaign_event(&campaign, restaurant, "restart test")
             };
             values.push(value);
         }
         sent_events.extend(values.iter().cloned());
-        let records: Vec<InputRecord> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ((i % 3) as i32, None, v.as_bytes()))
-            .collect();
-        deployment.produce(&records);
+        deployment.produce_spread(&values);
         assert_running(&mut service, &format!("after chunk {chunk} was produced"));
 
         let restart = match chunk {

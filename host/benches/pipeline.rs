@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Instant;
 
-use support::service::{Deployment, InputRecord, Subscriptions};
+use support::service::{Deployment, Subscriptions, campaign_event};
 use support::{StackEnv, unique_name};
 
 const RESTAURANTS: usize = 100;
@@ -23,18 +23,11 @@ fn main() {
     let deployment = Deployment::new(&env, "bench");
     let values: Vec<String> = (0..EVENTS)
         .map(|i| {
-            format!(
-                r#"{{"restaurant_id":"{run_id}-r{}","adv_campaign_id":"{run_id}-e{i}","adv_campaign_content":"first campaign","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1678615562,"adv_campaign_datetime_end":2659207116,"datetime_created":1678879362}}"#,
-                i % RESTAURANTS
-            )
+            let restaurant = format!("{run_id}-r{}", i % RESTAURANTS);
+            campaign_event(&format!("{run_id}-e{i}"), &restaurant, "first campaign")
         })
         .collect();
-    let records: Vec<InputRecord> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| ((i % 3) as i32, None, v.as_bytes()))
-        .collect();
-    deployment.produce(&records);
+    deployment.produce_spread(&values);
 
     let service = deployment.start(&env);
     let started = Instant::now();

@@ -181,6 +181,16 @@ impl Deployment {
         producer.flush(Duration::from_secs(30)).expect("produced");
     }
 
+    /// Produces `values` without keys, spread over the input topic's 3 partitions in turn.
+    pub fn produce_spread(&self, values: &[String]) {
+        let records: Vec<InputRecord> = values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| ((i % 3) as i32, None, value.as_bytes()))
+            .collect();
+        self.produce(&records);
+    }
+
     fn admin_consumer(&self, group: &str) -> BaseConsumer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.plaintext)
@@ -374,6 +384,13 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An active campaign event (valid until 2054) of `restaurant`, with `content` as its offer.
+pub fn campaign_event(campaign: &str, restaurant: &str, content: &str) -> String {
+    format!(
+        r#"{{"restaurant_id":"{restaurant}","adv_campaign_id":"{campaign}","adv_campaign_content":"{content}","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1678615562,"adv_campaign_datetime_end":2659207116,"datetime_created":1678879362}}"#
+    )
 }
 
 /// A (campaign id, client id) pair: what the contract delivers at most once.
