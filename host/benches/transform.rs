@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use campaign_push::guest::{GuestRuntime, InputEvent, Outcome, SubscriberDirectory};
-use campaign_push::offline::FixtureSubscribers;
+use campaign_push::subscribers::SubscriberTable;
 use guest_transform::{PackedStrings, SubscriberLookup};
 
 const NOW: i64 = 1_700_000_000;
@@ -68,16 +68,20 @@ fn main() {
     }
 }
 
-/// `fan_out` subscribers for each of `events` restaurants, one campaign event per restaurant.
-fn workload(fan_out: usize, events: usize) -> (FixtureSubscribers, Vec<InputEvent>) {
-    let mut directory = FixtureSubscribers::default();
+/// `fan_out` subscribers for each of `events` restaurants, one campaign event per restaurant, in
+/// the service's own subscriber table (ids stored as 16-byte UUIDs, formatted per lookup).
+fn workload(fan_out: usize, events: usize) -> (SubscriberTable, Vec<InputEvent>) {
+    let mut directory = SubscriberTable::new();
+    let mut row_id = 0;
     let mut batch = Vec::with_capacity(events);
     for restaurant in 0..events {
         let restaurant_id = format!("{restaurant:08x}-e89b-12d3-a456-426614174000");
         for client in 0..fan_out {
-            directory.insert(
-                &restaurant_id,
+            row_id += 1;
+            directory.upsert(
+                row_id,
                 &format!("{client:08x}-{restaurant:04x}-4000-8000-000000000000"),
+                &restaurant_id,
             );
         }
         let value = format!(
@@ -91,7 +95,7 @@ fn workload(fan_out: usize, events: usize) -> (FixtureSubscribers, Vec<InputEven
     (directory, batch)
 }
 
-struct NativeLookup(Arc<FixtureSubscribers>);
+struct NativeLookup(Arc<SubscriberTable>);
 
 impl SubscriberLookup for NativeLookup {
     fn subscribers_of(&mut self, restaurant_id: &str) -> PackedStrings {

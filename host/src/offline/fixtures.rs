@@ -1,14 +1,13 @@
 //! The offline runner's input files: events as JSON lines, subscribers as CSV.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use guest_transform::PackedStrings;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::guest::{InputEvent, SubscriberDirectory};
+use crate::guest::InputEvent;
+use crate::subscribers::SubscriberTable;
 
 /// One line of an events file. Exactly one of the `value…` fields is given:
 /// - `value`: any JSON; the event's bytes are that JSON text exactly as written in the line;
@@ -75,50 +74,34 @@ fn decode_hex(hex: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-/// A subscriber table read from a file, served to the guest like the live cache.
-#[derive(Debug, Default)]
-pub struct FixtureSubscribers {
-    clients_by_restaurant: HashMap<String, Vec<String>>,
-}
-
-impl FixtureSubscribers {
-    /// Reads a CSV file with a header naming at least `client_id` and `restaurant_id` (other
-    /// columns, such as `id` from `\copy subscribers_restaurants to … csv header`, are ignored).
-    pub fn read_csv(path: &Path) -> anyhow::Result<Self> {
-        let mut reader = csv::Reader::from_path(path)
-            .with_context(|| format!("reading subscribers file {}", path.display()))?;
-        let headers = reader.headers()?.clone();
-        let column = |name: &str| {
-            headers
-                .iter()
-                .position(|h| h == name)
-                .with_context(|| format!("{}: no `{name}` column in the header", path.display()))
+/// Reads a subscriber table from a CSV file into the same structure the service's live cache
+/// serves. The header names at least `client_id` and `restaurant_id`; an `id` column (as
+/// `\copy subscribers_restaurants to … csv header` writes it) gives the row ids, otherwise rows
+/// are numbered from 1. Other columns are ignored.
+pub fn read_subscribers_csv(path: &Path) -> anyhow::Result<SubscriberTable> {
+    let mut reader = csv::Reader::from_path(path)
+        .with_context(|| format!("reading subscribers file {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let position = |name: &str| headers.iter().position(|h| h == name);
+    let column = |name: &str| {
+        position(name)
+            .with_context(|| format!("{}: no `{name}` column in the header", path.display()))
+    };
+    let (client_column, restaurant_column) = (column("client_id")?, column("restaurant_id")?);
+    let id_column = position("id");
+    let mut table = SubscriberTable::new();
+    for (index, record) in reader.records().enumerate() {
+        let row = index + 1;
+        let record = record.with_context(|| format!("{}: row {row}", path.display()))?;
+        let id = match id_column {
+            Some(column) => record[column]
+                .parse()
+                .with_context(|| format!("{}: row {row}: `id` is not an int4", path.display()))?,
+            None => i32::try_from(row).context("more than 2^31 rows")?,
         };
-        let (client_column, restaurant_column) = (column("client_id")?, column("restaurant_id")?);
-        let mut table = Self::default();
-        for (index, record) in reader.records().enumerate() {
-            let record =
-                record.with_context(|| format!("{}: row {}", path.display(), index + 1))?;
-            table.insert(&record[restaurant_column], &record[client_column]);
-        }
-        Ok(table)
+        table.upsert(id, &record[client_column], &record[restaurant_column]);
     }
-
-    pub fn insert(&mut self, restaurant_id: &str, client_id: &str) {
-        self.clients_by_restaurant
-            .entry(restaurant_id.to_owned())
-            .or_default()
-            .push(client_id.to_owned());
-    }
-}
-
-impl SubscriberDirectory for FixtureSubscribers {
-    fn clients_of(&self, restaurant_id: &str) -> PackedStrings {
-        self.clients_by_restaurant
-            .get(restaurant_id)
-            .map(|clients| clients.iter().map(String::as_str).collect())
-            .unwrap_or_default()
-    }
+    Ok(table)
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-pub use fixtures::{FixtureSubscribers, read_events};
+pub use fixtures::{read_events, read_subscribers_csv};
 
 use crate::guest::{GuestRuntime, InputEvent, Outcome};
 use crate::records::{self, FeedbackRow};
+use crate::subscribers::SubscriberTable;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -75,8 +76,8 @@ pub fn run(test: &TransformTest, out: &mut impl Write) -> anyhow::Result<Summary
     let guest = runtime.load_file(&test.guest)?;
     let events = read_events(&test.events)?;
     let subscribers = match &test.subscribers {
-        Some(path) => FixtureSubscribers::read_csv(path)?,
-        None => FixtureSubscribers::default(),
+        Some(path) => read_subscribers_csv(path)?,
+        None => SubscriberTable::new(),
     };
     let mut instance = guest.instantiate(Arc::new(subscribers))?;
     let batch_size = test.batch_size.unwrap_or(events.len()).max(1);
