@@ -96,7 +96,11 @@ async fn rollback(State(state): State<AppState>) -> impl IntoResponse {
 fn swap_response(result: Result<SwapReport, ReloadError>) -> axum::response::Response {
     match result {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
-        Err(error @ (ReloadError::Unchanged(_) | ReloadError::NoEarlierVersion)) => (
+        Err(
+            error @ (ReloadError::Unchanged(_)
+            | ReloadError::NoEarlierVersion
+            | ReloadError::RolledBack(_)),
+        ) => (
             StatusCode::CONFLICT,
             Json(serde_json::json!({ "error": error.to_string() })),
         )

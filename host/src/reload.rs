@@ -33,6 +33,8 @@ pub enum ReloadError {
     Unchanged(String),
     #[error("there is no earlier version to roll back to")]
     NoEarlierVersion,
+    #[error("this component ({0}) was rolled back; build a fixed one")]
+    RolledBack(String),
 }
 
 pub struct Reloader {
@@ -42,6 +44,9 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// One reload at a time: a file event and a SIGHUP arriving together load once.
     busy: tokio::sync::Mutex<()>,
+    /// Hashes of components that were rolled back, refused if they come again (e.g. the file
+    /// watcher noticing the very build that an explicit reload already tried).
+    rolled_back: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Reloader {
@@ -57,6 +62,7 @@ impl Reloader {
             path,
             metrics,
             busy: tokio::sync::Mutex::new(()),
+            rolled_back: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -73,8 +79,12 @@ impl Reloader {
         .await
         .expect("the loading task does not panic");
         let result = candidate.and_then(|guest| {
+            let sha256 = &guest.identity().sha256;
+            if self.rolled_back.lock().expect("lock").contains(sha256) {
+                return Err(ReloadError::RolledBack(sha256.clone()));
+            }
             let current = self.slot.current();
-            if current.identity().sha256 == guest.identity().sha256 {
+            if &current.identity().sha256 == sha256 {
                 return Err(ReloadError::Unchanged(guest.identity().version.clone()));
             }
             let to = guest.identity().clone();
@@ -91,9 +101,15 @@ impl Reloader {
         let result = self
             .slot
             .rollback()
-            .map(|(replaced, restored)| SwapReport {
-                from: replaced.identity().clone(),
-                to: restored.identity().clone(),
+            .map(|(replaced, restored)| {
+                self.rolled_back
+                    .lock()
+                    .expect("lock")
+                    .insert(replaced.identity().sha256.clone());
+                SwapReport {
+                    from: replaced.identity().clone(),
+                    to: restored.identity().clone(),
+                }
             })
             .ok_or(ReloadError::NoEarlierVersion);
         self.record("rollback", trigger, &result);

@@ -18,6 +18,7 @@ use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::migrations;
 use crate::pipeline::clock::SystemClock;
+use crate::pipeline::regression::RegressionSettings;
 use crate::pipeline::transformer::Transformer;
 use crate::pipeline::{PgConnect, Pipeline, Settings};
 use crate::reload::{self, Reloader};
@@ -74,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http::AppState {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
-            reloader,
+            reloader: reloader.clone(),
         },
         shutdown.clone(),
     )
@@ -145,6 +146,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let pipeline = Pipeline {
         consumer,
+        reloader,
+        regression: RegressionSettings {
+            window: config.guest.rollback_window,
+            margin: f64::from(config.guest.rollback_margin_percent) / 100.0,
+            min_events: config.guest.rollback_min_events,
+        },
         input_topic: config.kafka.input_topic.clone(),
         transformer: Transformer::new(slot, Arc::new(cache))?,
         pg_connect,

@@ -108,6 +108,15 @@ pub struct GuestConfig {
     /// `guest.max_memory_mib` (default 256): linear memory one guest instance may grow to; a
     /// guest that asks for more traps, and the event that caused it is dead-lettered.
     pub max_memory_mib: usize,
+    /// `guest.rollback_window` (default `"60s"`): how long after a swap the new guest is watched
+    /// for a regression.
+    pub rollback_window: Duration,
+    /// `guest.rollback_margin_percent` (default 20): how many percentage points more of its
+    /// events the new guest may reject than its predecessor did before it is rolled back.
+    pub rollback_margin_percent: u32,
+    /// `guest.rollback_min_events` (default 20): events the new guest must have seen before it
+    /// is judged.
+    pub rollback_min_events: u64,
 }
 
 /// `[http]`: the service's own endpoint.
@@ -240,6 +249,13 @@ impl Config {
                     duration(Duration::from_millis(10)),
                 ),
                 max_memory_mib: src.or("guest.max_memory_mib", 256, integer(1usize)),
+                rollback_window: src.or(
+                    "guest.rollback_window",
+                    Duration::from_secs(60),
+                    duration(Duration::from_secs(1)),
+                ),
+                rollback_margin_percent: src.or("guest.rollback_margin_percent", 20, integer(0u32)),
+                rollback_min_events: src.or("guest.rollback_min_events", 20, integer(1u64)),
             },
             http: HttpConfig::read(&mut src),
             log: LogConfig::read(&mut src),

@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod plan;
+pub mod regression;
 pub mod transformer;
 
 use std::collections::BTreeMap;
@@ -19,12 +20,14 @@ use rdkafka::error::KafkaError;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::InputEvent;
+use crate::guest::{InputEvent, Outcome};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::{SinkError, postgres};
 use clock::Clock;
 use plan::Position;
+use regression::{RegressionSettings, RegressionWatch, Verdict};
 use transformer::Transformer;
 
 /// Opens a new PostgreSQL connection (its connection task already spawned).
@@ -42,6 +45,9 @@ pub struct Settings {
 
 pub struct Pipeline {
     pub consumer: Arc<StreamConsumer>,
+    /// Rolls a newly swapped guest back when it regresses (see [`regression`]).
+    pub reloader: Arc<Reloader>,
+    pub regression: RegressionSettings,
     pub input_topic: String,
     pub transformer: Transformer,
     pub pg_connect: PgConnect,
@@ -64,6 +70,8 @@ impl Pipeline {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Pipeline {
             consumer,
+            reloader,
+            regression,
             input_topic,
             mut transformer,
             pg_connect,
@@ -76,6 +84,7 @@ impl Pipeline {
         // The offsets of the last batch whose Kafka transaction committed, confirmed in the
         // ledger with the next batch's PostgreSQL transaction.
         let mut confirmed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut watch = RegressionWatch::new(regression, &transformer.identity().sha256);
         let oversize_reason = format!(
             "the event fans out to more than {} clients (pipeline.max_outputs_per_event)",
             settings.max_outputs_per_event
@@ -149,6 +158,30 @@ impl Pipeline {
                 }
             }
             confirmed = plan.next_offsets.clone();
+
+            let rejected = outcomes
+                .iter()
+                .filter(|outcome| matches!(outcome, Outcome::Rejected(_)))
+                .count();
+            let verdict = watch.record(
+                Instant::now(),
+                &transformer.identity().sha256,
+                batch.events.len() as u64,
+                rejected as u64,
+            );
+            if let Verdict::RollBack {
+                previous_share,
+                new_share,
+            } = verdict
+            {
+                let trigger = format!(
+                    "automatic: the new guest rejected {:.0}% of its events, its predecessor {:.0}%",
+                    new_share * 100.0,
+                    previous_share * 100.0
+                );
+                // Logged and counted by the reloader; the next batch uses the restored guest.
+                let _ = reloader.rollback(&trigger).await;
+            }
 
             metrics.events_in.inc_by(batch.events.len() as u64);
             metrics.outputs.inc_by(written.to_send.len() as u64);
