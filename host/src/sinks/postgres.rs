@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::pin::pin;
 
-use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, GenericClient};
 
 use super::SinkError;
 use crate::pipeline::plan::Plan;
@@ -77,9 +77,11 @@ WHERE d.source_topic = $1
   AND NOT d.kafka_committed
 ORDER BY s.idx";
 
-const CONFIRM: &str = "UPDATE campaign_push_deliveries SET kafka_committed = true
-WHERE source_topic = $1 AND source_partition = $2 AND source_offset < $3
-  AND NOT kafka_committed";
+/// One statement for every partition, so that confirming costs one round trip per batch.
+const CONFIRM: &str = "UPDATE campaign_push_deliveries d SET kafka_committed = true
+FROM unnest($2::int4[], $3::int8[]) AS c(source_partition, next_offset)
+WHERE d.source_topic = $1 AND d.source_partition = c.source_partition
+  AND d.source_offset < c.next_offset AND NOT d.kafka_committed";
 
 /// What the PostgreSQL sink wrote for a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +104,22 @@ pub async fn confirm(
     topic: &str,
     next_offsets: &BTreeMap<i32, i64>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let mut confirmed = 0;
-    for (partition, next) in next_offsets {
-        confirmed += client.execute(CONFIRM, &[&topic, partition, next]).await?;
+    mark_confirmed(client, topic, next_offsets).await
+}
+
+async fn mark_confirmed(
+    client: &impl GenericClient,
+    topic: &str,
+    next_offsets: &BTreeMap<i32, i64>,
+) -> Result<u64, tokio_postgres::Error> {
+    if next_offsets.is_empty() {
+        return Ok(0);
     }
-    Ok(confirmed)
+    let partitions: Vec<i32> = next_offsets.keys().copied().collect();
+    let offsets: Vec<i64> = next_offsets.values().copied().collect();
+    client
+        .execute(CONFIRM, &[&topic, &partitions, &offsets])
+        .await
 }
 
 /// Writes a batch plan in one transaction; see the module doc.
@@ -131,11 +144,7 @@ async fn write_transaction(
     confirmed: &BTreeMap<i32, i64>,
 ) -> Result<Written, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    for (partition, next) in confirmed {
-        transaction
-            .execute(CONFIRM, &[&topic, partition, next])
-            .await?;
-    }
+    mark_confirmed(&transaction, topic, confirmed).await?;
     if plan.deliveries.is_empty() {
         transaction.commit().await?;
         return Ok(Written {
