@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::service::{Deployment, Subscriptions, campaign_event};
-use support::{StackEnv, unique_name};
+use support::{StackEnv, psql, run, unique_name};
 
 const RESTAURANTS: usize = 20;
 const CLIENTS_PER_RESTAURANT: usize = 10;
@@ -83,6 +83,18 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
     let service = deployment.start_with(&env, &overrides);
     deployment.wait_consumed(Duration::from_secs(180));
     drop(service);
+
+    // A start reconciles the ledger with the committed offsets: afterwards no delivery of this
+    // run is still waiting for its Kafka transaction to be confirmed.
+    let restarted = deployment.start_with(&env, &overrides);
+    let pending = format!(
+        "SELECT count(*) FROM campaign_push_deliveries \
+         WHERE adv_campaign_id LIKE '{run_id}-%' AND NOT kafka_committed"
+    );
+    let finished = run(&mut psql(&env, "", &pending), None);
+    finished.assert_success();
+    assert_eq!(finished.stdout_text().trim(), "0", "unconfirmed deliveries");
+    drop(restarted);
 
     deployment.assert_exactly_once(
         &env,
