@@ -11,6 +11,9 @@ STACK := $(ROOT)/stack/stack.sh
 # A profile of its own (see Cargo.toml): LTO and panic=abort suit the guest but not the host.
 export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
 HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
+# The test guests (tests/guests): a workspace of their own, built by tests/reload.rs into a
+# target directory of their own (see tests/support/guests.rs).
+TEST_GUESTS := --manifest-path $(ROOT)/tests/guests/Cargo.toml
 # The running host's HTTP endpoint (http.listen in config/local.toml's default).
 ADMIN := http://127.0.0.1:9464
 
@@ -44,8 +47,11 @@ build: guest ## build the host binary (release)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
+	cargo fmt $(TEST_GUESTS) --all -- --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
 	cargo clippy -p guest-transform --target wasm32-wasip2 --profile release-guest -- -D warnings
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/test-guests \
+	  cargo clippy $(TEST_GUESTS) --workspace --target wasm32-wasip2 --release -- -D warnings
 
 test: up guest lint ## start the stack, build, lint, and run every test (unit, golden, integration)
 	cargo test --release --workspace

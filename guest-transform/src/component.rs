@@ -1,21 +1,32 @@
 //! The adapter between the WIT bindings and the logic: conversions only, no rules.
+//!
+//! With the `export` feature (the default) [`Component`] is what the component exports. A variant
+//! of the transform (see `tests/guests`) depends on this crate without that feature, implements
+//! [`Guest`] on a type of its own, delegating to [`Component`] where it does not differ, and
+//! exports it with [`export_transform!`](crate::export_transform).
 
-mod bindings {
+pub mod bindings {
     wit_bindgen::generate!({
         world: "campaign-transform",
         path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_transform",
+        default_bindings_module: "guest_transform::component::bindings",
     });
 }
 
-use bindings::campaign_push::transform::{subscribers, types};
-use bindings::exports::campaign_push::transform::transform::Guest;
+use bindings::campaign_push::transform::subscribers;
+pub use bindings::campaign_push::transform::types;
+pub use bindings::exports::campaign_push::transform::transform::Guest;
 
 use crate::prelude::*;
 use crate::{EventOutcome, PackedStrings, SkipReason, SubscriberLookup};
 
-struct Component;
+/// The transform as this crate defines it.
+pub struct Component;
 
-bindings::export!(Component with_types_in bindings);
+#[cfg(feature = "export")]
+bindings::export_transform!(Component with_types_in bindings);
 
 impl Guest for Component {
     fn version() -> String {

@@ -5,7 +5,8 @@
 //! - [`transform`]: the batch transform — active window, join, de-duplication.
 //! - [`message`]: the shape of the output message, serialised once per campaign.
 //! - [`packed`]: the packed string lists that cross the Wasm boundary.
-//! - `component` (wasm32 only): the thin adapter between the WIT bindings and the logic.
+//! - [`component`] (wasm32 only): the thin adapter between the WIT bindings and the logic, and
+//!   the bindings themselves for variants of the transform that wrap it.
 //!
 //! The logic is plain Rust: it is unit-tested natively (`cargo test -p guest-transform`) and linked
 //! natively into the host's benchmarks, so the Wasm build and the native build run the same code.
@@ -79,7 +80,9 @@ pub mod packed;
 pub mod transform;
 
 #[cfg(target_arch = "wasm32")]
-mod component;
+pub mod component;
+#[cfg(target_arch = "wasm32")]
+pub use component::bindings::export_transform;
 
 pub use event::{BadEvent, Campaign};
 pub use packed::PackedStrings;

@@ -6,6 +6,7 @@
 //! redacted (a `Command`'s `Debug` output would show them, environment included).
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod guests;
 pub mod service;
 
 use std::collections::HashMap;

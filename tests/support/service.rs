@@ -56,6 +56,35 @@ impl Record {
 /// A record to produce to the input topic: partition, key, value.
 pub type InputRecord<'a> = (i32, Option<&'a [u8]>, &'a [u8]);
 
+/// An idempotent producer to one deployment's input topic.
+pub struct InputProducer {
+    producer: BaseProducer,
+    topic: String,
+}
+
+impl InputProducer {
+    /// Queues one record, waiting while the producer's queue is full.
+    pub fn send(&self, (partition, key, value): InputRecord<'_>) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+            .partition(partition)
+            .payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        while let Err((_, returned)) = self.producer.send(record) {
+            record = returned;
+            self.producer.poll(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every queued record is acknowledged.
+    pub fn flush(&self) {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .expect("produced");
+    }
+}
+
 /// Topics, consumer group and transactional id that only one test uses.
 pub struct Deployment {
     pub input: TempTopic,
@@ -149,36 +178,25 @@ impl Deployment {
         service
     }
 
-    fn producer(&self) -> BaseProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.plaintext)
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap()
+    /// A producer to the input topic, for tests that produce while they observe.
+    pub fn input_producer(&self) -> InputProducer {
+        InputProducer {
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", &self.plaintext)
+                .set("enable.idempotence", "true")
+                .create()
+                .unwrap(),
+            topic: self.input.name.clone(),
+        }
     }
 
     /// Produces `(partition, key, value)` records to the input topic, in order, and flushes.
     pub fn produce(&self, records: &[InputRecord<'_>]) {
-        let producer = self.producer();
-        for (partition, key, value) in records {
-            let mut record = BaseRecord::<[u8], [u8]>::to(&self.input.name)
-                .partition(*partition)
-                .payload(*value);
-            if let Some(key) = key {
-                record = record.key(*key);
-            }
-            let mut record = record;
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, returned)) => {
-                        record = returned;
-                        producer.poll(Duration::from_millis(50));
-                    }
-                }
-            }
+        let producer = self.input_producer();
+        for record in records {
+            producer.send(*record);
         }
-        producer.flush(Duration::from_secs(30)).expect("produced");
+        producer.flush();
     }
 
     /// Produces `values` without keys, spread over the input topic's 3 partitions in turn.
@@ -320,18 +338,40 @@ impl Service {
         });
     }
 
-    /// The body of `GET path` on the service's HTTP endpoint, with the status line.
+    /// The response to `GET path` on the service's HTTP endpoint, status line included.
     pub fn get(&self, path: &str) -> Option<String> {
+        self.request("GET", path)
+    }
+
+    /// The response to `POST path` (no body), status line included; `None` if nothing answered.
+    pub fn post(&self, path: &str) -> Option<String> {
+        self.request("POST", path)
+    }
+
+    fn request(&self, method: &str, path: &str) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        // A reload compiles a component before it answers.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok()?;
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         Some(response)
+    }
+
+    /// The SHA-256 of the guest in service, from the `campaign_push_guest` metric.
+    pub fn guest_sha256(&self) -> Option<String> {
+        let text = self.get("/metrics")?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("campaign_push_guest{"))?;
+        let (_, rest) = line.split_once("sha256=\"")?;
+        Some(rest.split('"').next()?.to_owned())
     }
 
     /// The value of a counter or gauge in `/metrics`.

@@ -176,7 +176,9 @@ impl KafkaSink {
         guest: &GuestIdentity,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
-        let output_headers = OwnedHeaders::new()
+        // Dead letters carry them too: a guest's rejections (or a regressed guest's, after its
+        // rollback) can be found and replayed by version.
+        let guest_headers = OwnedHeaders::new()
             .insert(Header {
                 key: headers::GUEST_VERSION,
                 value: Some(guest.version.as_bytes()),
@@ -190,13 +192,14 @@ impl KafkaSink {
             let record = BaseRecord::to(&self.topics.output)
                 .key(message.key)
                 .payload(message.value)
-                .headers(output_headers.clone());
+                .headers(guest_headers.clone());
             self.enqueue(record)?;
         }
         for dead in &plan.dead_letters {
             let partition = dead.source.partition.to_string();
             let offset = dead.source.offset.to_string();
-            let headers = OwnedHeaders::new()
+            let headers = guest_headers
+                .clone()
                 .insert(Header {
                     key: headers::REASON,
                     value: Some(dead.reason.as_bytes()),
