@@ -17,7 +17,7 @@ TEST_GUESTS := --manifest-path $(ROOT)/tests/guests/Cargo.toml
 # The running host's HTTP endpoint (http.listen in config/local.toml's default).
 ADMIN := http://127.0.0.1:9464
 
-.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline reload
+.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline bench-reload reload
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_C
 
 bench-pipeline: up guest ## rough end-to-end throughput on the local stack (rows/s)
 	cargo bench -p campaign-push --bench pipeline
+
+bench-reload: up guest ## swap the guest repeatedly under load: time to first new output, batch latency
+	cargo bench -p campaign-push --bench reload
 
 bench-guest: guest ## benchmark the transform natively and through Wasm at fan-outs 10, 100, 10000
 	cargo bench -p campaign-push --bench transform

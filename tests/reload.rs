@@ -6,15 +6,12 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::guests::{install_guest, test_guest};
+use support::guests::{GuestBuild, GuestFile, install_guest, test_guest};
 use support::service::{
-    Deployment, InputRecord, Pair, Record, SERVICE_BIN, Service, Subscriptions, campaign_event,
-    guest_wasm,
+    Deployment, InputRecord, Pair, Record, Service, Subscriptions, campaign_event, guest_wasm,
 };
 use support::{StackEnv, poll_until, psql, run, unique_name};
 
@@ -23,51 +20,6 @@ const SHA256_HEADER: &str = "campaign-push-guest-sha256";
 const REASON_HEADER: &str = "campaign-push-dead-letter-reason";
 const DEADLINE: Duration = Duration::from_secs(120);
 const OFFER: &str = "two pizzas for one";
-
-/// A component and who it says it is, per `campaign-push guest-info`.
-struct GuestBuild {
-    bytes: Vec<u8>,
-    version: String,
-    sha256: String,
-}
-
-impl GuestBuild {
-    fn read(path: &Path) -> Self {
-        let finished = run(
-            Command::new(SERVICE_BIN)
-                .args(["guest-info", "--guest"])
-                .arg(path),
-            None,
-        );
-        finished.assert_success();
-        let info: serde_json::Value = serde_json::from_slice(&finished.stdout).unwrap();
-        Self {
-            bytes: std::fs::read(path).unwrap(),
-            version: info["version"].as_str().unwrap().to_owned(),
-            sha256: info["sha256"].as_str().unwrap().to_owned(),
-        }
-    }
-}
-
-/// The guest file a test's service is configured with and watches; it starts as the real
-/// transform (v1).
-struct GuestFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl GuestFile {
-    fn new(initial: &GuestBuild) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("transform.wasm");
-        install_guest(&path, &initial.bytes);
-        Self { _dir: dir, path }
-    }
-
-    fn setting(&self) -> (&'static str, &str) {
-        ("CAMPAIGN_PUSH__GUEST__PATH", self.path.to_str().unwrap())
-    }
-}
 
 #[track_caller]
 fn wait_for_guest(service: &Service, guest: &GuestBuild) {

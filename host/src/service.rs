@@ -30,7 +30,7 @@ use crate::subscribers::{CacheOptions, Connect, PgConnector, SubscriberCache};
 const COORDINATOR_WAIT: Duration = Duration::from_secs(120);
 
 /// How often the guest file is checked for a new version.
-const GUEST_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+const GUEST_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long librdkafka's blocking calls (transactions, metadata, committed offsets) may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::service::SERVICE_BIN;
-use super::{repo_root, run_with_deadline};
+use super::{repo_root, run, run_with_deadline};
 
 /// A cold build compiles wit-bindgen's macro and serde for the guests' own target directory.
 const BUILD_DEADLINE: Duration = Duration::from_secs(900);
@@ -57,4 +57,50 @@ pub fn install_guest(path: &Path, bytes: &[u8]) {
     let staging = path.with_extension("wasm.partial");
     std::fs::write(&staging, bytes).expect("writing the staged guest");
     std::fs::rename(&staging, path).expect("renaming the staged guest into place");
+}
+
+/// A component and who it says it is, per `campaign-push guest-info`.
+pub struct GuestBuild {
+    pub bytes: Vec<u8>,
+    pub version: String,
+    pub sha256: String,
+}
+
+impl GuestBuild {
+    pub fn read(path: &Path) -> Self {
+        let finished = run(
+            Command::new(SERVICE_BIN)
+                .args(["guest-info", "--guest"])
+                .arg(path),
+            None,
+        );
+        finished.assert_success();
+        let info: serde_json::Value = serde_json::from_slice(&finished.stdout).unwrap();
+        Self {
+            bytes: std::fs::read(path).unwrap(),
+            version: info["version"].as_str().unwrap().to_owned(),
+            sha256: info["sha256"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// A guest file in a folder of its own, which a test's service is configured with and watches,
+/// and which the test replaces.
+pub struct GuestFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl GuestFile {
+    pub fn new(initial: &GuestBuild) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("transform.wasm");
+        install_guest(&path, &initial.bytes);
+        Self { _dir: dir, path }
+    }
+
+    /// The service setting that makes it use (and watch) this file.
+    pub fn setting(&self) -> (&'static str, &str) {
+        ("CAMPAIGN_PUSH__GUEST__PATH", self.path.to_str().unwrap())
+    }
 }

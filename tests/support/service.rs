@@ -263,6 +263,18 @@ impl Deployment {
         });
     }
 
+    /// A `read_committed` consumer of `topic` (3 partitions) positioned at its current end, to
+    /// watch what arrives from now on.
+    pub fn tail(&self, topic: &str) -> BaseConsumer {
+        let consumer = self.admin_consumer(&unique_name("tail"));
+        let mut list = TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition_offset(topic, p, Offset::End).unwrap();
+        }
+        consumer.assign(&list).unwrap();
+        consumer
+    }
+
     /// Every committed record of `topic` (3 partitions), read from the beginning to the end.
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
         let consumer = self.admin_consumer(&unique_name("reader"));

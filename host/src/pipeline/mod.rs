@@ -91,6 +91,7 @@ impl Pipeline {
         );
         while let Some(batch) = next_batch(&consumer, &settings, &shutdown).await? {
             let now = clock.now_epoch_seconds();
+            let started = Instant::now();
             let outcomes =
                 tokio::task::block_in_place(|| transformer.transform_batch(now, &batch.events))?;
             let plan = plan::plan(
@@ -101,6 +102,7 @@ impl Pipeline {
                 &oversize_reason,
             );
 
+            let transformed = Instant::now();
             let mut backoff = Backoff::new(&settings);
             let written = loop {
                 let result = match pg.as_mut() {
@@ -127,6 +129,7 @@ impl Pipeline {
                 }
             };
             confirmed.clear();
+            let in_postgres = Instant::now();
 
             let group = consumer
                 .group_metadata()
@@ -158,13 +161,14 @@ impl Pipeline {
                 }
             }
             confirmed = plan.next_offsets.clone();
+            let in_kafka = Instant::now();
 
             let rejected = outcomes
                 .iter()
                 .filter(|outcome| matches!(outcome, Outcome::Rejected(_)))
                 .count();
             let verdict = watch.record(
-                Instant::now(),
+                in_kafka,
                 &transformer.identity().sha256,
                 batch.events.len() as u64,
                 rejected as u64,
@@ -195,13 +199,18 @@ impl Pipeline {
                 .inc_by(plan.not_yet_started as u64);
             metrics.dead_lettered.inc_by(plan.dead_letters.len() as u64);
             metrics.batch_size.observe(batch.events.len() as f64);
-            metrics
-                .batch_seconds
-                .observe(batch.first_received.elapsed().as_secs_f64());
+            let latency = batch.first_received.elapsed().as_secs_f64();
+            metrics.batch_seconds.observe(latency);
             tracing::debug!(
                 events = batch.events.len(),
                 outputs = written.to_send.len(),
                 dead_letters = plan.dead_letters.len(),
+                seconds = latency,
+                collect_seconds = (started - batch.first_received).as_secs_f64(),
+                transform_seconds = (transformed - started).as_secs_f64(),
+                postgres_seconds = (in_postgres - transformed).as_secs_f64(),
+                kafka_seconds = (in_kafka - in_postgres).as_secs_f64(),
+                guest = %transformer.identity().version,
                 "batch committed"
             );
         }

@@ -4,12 +4,13 @@
 //! librdkafka's transactional calls block, so they run under `block_in_place`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::SinkError;
@@ -26,6 +27,10 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "campaign-push-source-offset";
 }
 
+/// How long one `poll` serves delivery reports while the sink waits for them (the rdkafka crate's
+/// `poll` always runs to its deadline, so this is also the granularity of the wait).
+const DELIVERY_POLL_STEP: Duration = Duration::from_millis(1);
+
 pub struct Topics {
     pub input: String,
     pub output: String,
@@ -33,7 +38,11 @@ pub struct Topics {
 }
 
 pub struct KafkaSink {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Polled by the sink itself, not by a `ThreadedProducer`'s thread: the flush inside
+    /// `commit_transaction` polls for the batch's delivery reports, and a second poller that takes
+    /// them first leaves it waiting out its 100 ms poll, on every batch. Between batches nothing
+    /// needs serving: each write starts by serving what came meanwhile (errors, logs).
+    producer: BaseProducer,
     topics: Topics,
     timeout: Duration,
     pending: Pending,
@@ -71,7 +80,7 @@ impl KafkaSink {
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5");
-        let producer: ThreadedProducer<DefaultProducerContext> = config
+        let producer: BaseProducer = config
             .create()
             .map_err(|e| fatal("creating the producer", e))?;
         tokio::task::block_in_place(|| producer.init_transactions(timeout))
@@ -98,6 +107,7 @@ impl KafkaSink {
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         tokio::task::block_in_place(|| {
+            self.producer.poll(Duration::ZERO);
             match self.pending {
                 Pending::Commit => return self.commit(),
                 Pending::Abort => self.abort()?,
@@ -115,9 +125,33 @@ impl KafkaSink {
                 }
                 return Err(error);
             }
+            self.await_deliveries()?;
             self.pending = Pending::Commit;
             self.commit()
         })
+    }
+
+    /// Waits until the broker has acknowledged every message sent, serving their delivery reports
+    /// in short steps. `commit_transaction` would wait as well, but through the rdkafka crate's
+    /// `flush`, whose `poll` returns only at its 100 ms deadline: that added 100 ms to every
+    /// batch. After this, its flush finds nothing outstanding and returns at once.
+    fn await_deliveries(&self) -> Result<(), SinkError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    self.producer.poll(DELIVERY_POLL_STEP);
+                }
+                Err(error) => {
+                    return Err(SinkError::Retryable(format!(
+                        "waiting for the broker to acknowledge the batch: {error}"
+                    )));
+                }
+            }
+        }
     }
 
     /// Commits the open transaction, or resumes a commit that did not finish.
@@ -239,12 +273,10 @@ impl KafkaSink {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    returned,
-                )) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
-                    self.producer.flush(Duration::from_millis(100)).ok();
+                    // Serving delivery reports is what frees room in the queue.
+                    self.producer.poll(DELIVERY_POLL_STEP);
                 }
                 Err((error, _)) => return Err(classify("sending a message", error)),
             }
