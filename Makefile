@@ -17,7 +17,7 @@ TEST_GUESTS := --manifest-path $(ROOT)/tests/guests/Cargo.toml
 # The running host's HTTP endpoint (http.listen in config/local.toml's default).
 ADMIN := http://127.0.0.1:9464
 
-.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline bench-reload reload
+.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline bench-reload reload rollback
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,13 +65,21 @@ run: up build ## start the stack, build, and run the service against it (Ctrl-C 
 	       CAMPAIGN_PUSH__GUEST__PATH="$(GUEST_WASM)"; \
 	exec "$(HOST_BIN)" run --config "$(ROOT)/config/local.toml"
 
-reload: ## rebuild the guest; the host started by `make run` swaps to it without a restart
+# Runs $(1) against the host started by `make run`, and prints the guest in service before and
+# after.
+define with_guest_versions
 	@old=$$(curl -fsS $(ADMIN)/metrics | grep '^campaign_push_guest{') \
 	  || { echo "no host answers on $(ADMIN): start it with 'make run'"; exit 1; }; \
-	$(MAKE) --no-print-directory guest; \
-	curl -sS -X POST $(ADMIN)/admin/reload; echo; \
+	$(1); echo; \
 	echo "before: $$old"; \
 	echo "now:    $$(curl -fsS $(ADMIN)/metrics | grep '^campaign_push_guest{')"
+endef
+
+reload: ## rebuild the guest; the host started by `make run` swaps to it without a restart
+	$(call with_guest_versions,$(MAKE) --no-print-directory guest; curl -sS -X POST $(ADMIN)/admin/reload)
+
+rollback: ## put the previous guest back in the host started by `make run`
+	$(call with_guest_versions,curl -sS -X POST $(ADMIN)/admin/rollback)
 
 chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_CYCLES, default 50)
 	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test --release -p campaign-push --test crash -- --nocapture
