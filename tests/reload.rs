@@ -326,10 +326,12 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
             .find(|r| String::from_utf8_lossy(&r.value).contains(&campaign))
             .unwrap_or_else(|| panic!("no dead letter for {campaign}: {dead:#?}"));
         let headers = &letter.headers;
+        let stated = &headers[REASON_HEADER];
         assert!(
-            headers[REASON_HEADER].contains("the transform failed on this event")
-                && headers[REASON_HEADER].contains(reason),
-            "{name}: {headers:?}"
+            stated.contains("the transform failed on this event")
+                && stated.contains(reason)
+                && !stated.contains('\n'),
+            "{name}: a one-line reason naming the failure: {headers:?}"
         );
         assert_eq!(headers[SHA256_HEADER], guest.sha256);
         println!("{name}: dead-lettered with {:?}", headers[REASON_HEADER]);

@@ -93,7 +93,15 @@ impl Mode {
             std::thread::sleep(Duration::from_millis(150));
             // At the lowest priority: lowering the compile's priority would not help either.
             std::process::Command::new("nice")
-                .args(["-n", "19", "timeout", "0.25", "sh", "-c", "while :; do :; done"])
+                .args([
+                    "-n",
+                    "19",
+                    "timeout",
+                    "0.25",
+                    "sh",
+                    "-c",
+                    "while :; do :; done",
+                ])
                 .status()
                 .expect("running the CPU burner");
         }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::InputEvent;
@@ -205,10 +205,7 @@ impl LoadedGuest {
         let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
         let ticks = u64::try_from(ticks).unwrap_or(u64::MAX).max(1);
         store.set_epoch_deadline(ticks);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
+        let bindings = self.pre.instantiate(&mut store).map_err(trapped)?;
         Ok(GuestInstance {
             store,
             bindings,
@@ -231,7 +228,7 @@ impl GuestInstance {
         self.bindings
             .campaign_push_transform_transform()
             .call_version(&mut self.store)
-            .map_err(|e| CallError::Trap(format!("{e:#}")))
+            .map_err(trapped)
     }
 
     /// Transforms `events` at `now`: one outcome per event, in order.
@@ -245,7 +242,7 @@ impl GuestInstance {
             .bindings
             .campaign_push_transform_transform()
             .call_transform_batch(&mut self.store, now, events)
-            .map_err(|e| CallError::Trap(format!("{e:#}")))?
+            .map_err(trapped)?
             .map_err(|wit::BatchError::NowOutOfRange(now)| CallError::NowOutOfRange(now))?;
         if outcomes.len() != events.len() {
             return Err(CallError::OutcomeCount {
@@ -290,6 +287,21 @@ impl SubscriberDirectory for NoSubscribers {
     fn clients_of(&self, _restaurant_id: &str) -> PackedStrings {
         PackedStrings::default()
     }
+}
+
+/// A failed guest call as a one-line reason (it becomes a dead letter's header): without the Wasm
+/// backtrace, which goes to the debug log for the guest's developers.
+fn trapped(error: wasmtime::Error) -> CallError {
+    tracing::debug!(error = format!("{error:#}"), "guest call failed");
+    // A trap's error is its cause wrapped in the backtrace; any other error is kept whole.
+    let reason = if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        "it ran longer than guest.call_timeout (wasm trap: interrupt)".to_owned()
+    } else if error.downcast_ref::<WasmBacktrace>().is_some() {
+        error.root_cause().to_string()
+    } else {
+        format!("{error:#}")
+    };
+    CallError::Trap(reason)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine exists.
