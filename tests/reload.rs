@@ -214,12 +214,7 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
     );
     let mut rounds: Vec<(Round, &GuestBuild)> = Vec::new();
     let serve_round = |label: &'static str, with_evil_event: bool| {
-        let normal: Vec<(String, String)> = (0..12)
-            .map(|i| {
-                let restaurant = &subscriptions.restaurants[i % subscriptions.restaurants.len()];
-                (format!("{run_id}-{label}-{i}"), restaurant.clone())
-            })
-            .collect();
+        let normal = subscriptions.campaigns(label, 12);
         let mut values: Vec<String> = normal
             .iter()
             .map(|(campaign, restaurant)| campaign_event(campaign, restaurant, OFFER))
@@ -356,14 +351,6 @@ fn a_guest_that_regresses_is_rolled_back_without_an_operator() {
             ("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS", "20"),
         ],
     );
-    let events = |label: &str, count: usize| -> Vec<(String, String)> {
-        (0..count)
-            .map(|i| {
-                let restaurant = &subscriptions.restaurants[i % subscriptions.restaurants.len()];
-                (format!("{run_id}-{label}-{i}"), restaurant.clone())
-            })
-            .collect()
-    };
     let produce = |campaigns: &[(String, String)]| {
         let values: Vec<String> = campaigns
             .iter()
@@ -374,13 +361,13 @@ fn a_guest_that_regresses_is_rolled_back_without_an_operator() {
     };
 
     // v1 sets the baseline: nothing rejected.
-    let before = events("before", 30);
+    let before = subscriptions.campaigns("before", 30);
     produce(&before);
     deployment.wait_consumed(DEADLINE);
 
     install_guest(&file.path, &v3.bytes);
     wait_for_guest(&service, &v3);
-    let during = events("during", 60);
+    let during = subscriptions.campaigns("during", 60);
     produce(&during);
     wait_for_guest(&service, &v1);
     deployment.wait_consumed(DEADLINE);
@@ -392,7 +379,7 @@ fn a_guest_that_regresses_is_rolled_back_without_an_operator() {
         response.starts_with("HTTP/1.1 409") && response.contains("was rolled back"),
         "{response}"
     );
-    let after = events("after", 30);
+    let after = subscriptions.campaigns("after", 30);
     produce(&after);
     deployment.wait_consumed(DEADLINE);
     assert_eq!(service.guest_sha256().as_deref(), Some(&*v1.sha256));

@@ -479,6 +479,17 @@ impl<'a> Subscriptions<'a> {
         }
     }
 
+    /// `count` new campaigns `<run id>-<label>-<n>`, one restaurant after the other, as
+    /// (campaign id, restaurant id).
+    pub fn campaigns(&self, label: &str, count: usize) -> Vec<(String, String)> {
+        (0..count)
+            .map(|n| {
+                let restaurant = &self.restaurants[n % self.restaurants.len()];
+                (format!("{}-{label}-{n}", self.run_id), restaurant.clone())
+            })
+            .collect()
+    }
+
     /// The pairs one campaign of `restaurant` must produce.
     pub fn pairs(&self, campaign: &str, restaurant: &str) -> impl Iterator<Item = Pair> + '_ {
         let (campaign, restaurant) = (campaign.to_owned(), restaurant.to_owned());
