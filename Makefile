@@ -17,7 +17,7 @@ TEST_GUESTS := --manifest-path $(ROOT)/tests/guests/Cargo.toml
 # The running host's HTTP endpoint (http.listen in config/local.toml's default).
 ADMIN := http://127.0.0.1:9464
 
-.PHONY: help up down status reset guest build lint test bench-guest run chaos bench-pipeline bench-reload reload rollback
+.PHONY: help up down status reset guest build lint test test-guests bench-guest run chaos bench-pipeline bench-reload reload rollback
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,8 +53,18 @@ lint: ## formatting and clippy, warnings are errors
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/test-guests \
 	  cargo clippy $(TEST_GUESTS) --workspace --target wasm32-wasip2 --release -- -D warnings
 
-test: up guest lint ## start the stack, build, lint, and run every test (unit, golden, integration)
+test: up guest test-guests lint ## start the stack, build, lint, and run every test (unit, golden, integration)
+	cargo test --release --workspace --no-run
+	@# Write the build out to disk before the tests start: on a small VM, its writeback stalled
+	@# Kafka's metadata log for up to 26 s, long enough to fence the broker under a running test.
+	sync
 	cargo test --release --workspace
+
+# tests/reload.rs builds them too (the same command, so then it finds them fresh); building them
+# here keeps that heavy build from running beside the stack while tests use it.
+test-guests: ## build the guest variants and evil guests of tests/guests
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/test-guests \
+	  cargo build $(TEST_GUESTS) --release --target wasm32-wasip2
 
 run: up build ## start the stack, build, and run the service against it (Ctrl-C stops it)
 	@set -a; . "$(ROOT)/.stack/local.env"; set +a; \

@@ -425,6 +425,11 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
+
+# The node shares a small machine with builds: a stall of tens of seconds (seen: a 26 s metadata
+# write during a cold cargo build) must not make the controller fence its own broker, which moves
+# every partition leader and transaction coordinator under the running tests.
+broker.session.timeout.ms=60000
 EOF
 }
 
@@ -772,14 +777,14 @@ require_running_config_unchanged() {
 
 require_running_kafka_config_unchanged() {
     if kafka_pid >/dev/null && ! cmp -s "$KAFKA_CONFIG" <(render_kafka_config); then
-        die "Kafka is running with other settings (ports?) than requested; run 'make down' first"
+        die "Kafka runs with other settings than requested (another port, or from an older stack.sh); run 'make down' first"
     fi
 }
 
 require_running_pg_config_unchanged() {
     if [[ -f $PG_DATA/PG_VERSION ]] && pg_running \
         && ! as_pg cat "$PG_DATA/stack.conf" | cmp -s - <(render_pg_config); then
-        die "PostgreSQL is running with other settings (port?) than requested; run 'make down' first"
+        die "PostgreSQL runs with other settings than requested (another port, or from an older stack.sh); run 'make down' first"
     fi
 }
 

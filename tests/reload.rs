@@ -13,7 +13,7 @@ use support::guests::{GuestBuild, GuestFile, install_guest, test_guest};
 use support::service::{
     Deployment, InputRecord, Pair, Record, Service, Subscriptions, campaign_event, guest_wasm,
 };
-use support::{StackEnv, poll_until, psql, run, unique_name};
+use support::{SetOnDrop, StackEnv, poll_until, psql, run, unique_name};
 
 const VERSION_HEADER: &str = "campaign-push-guest-version";
 const SHA256_HEADER: &str = "campaign-push-guest-sha256";
@@ -26,7 +26,10 @@ fn wait_for_guest(service: &Service, guest: &GuestBuild) {
     poll_until(
         &format!("the service runs {}", guest.version),
         DEADLINE,
-        || (service.guest_sha256()? == guest.sha256).then_some(()),
+        || {
+            service.assert_running();
+            (service.guest_sha256()? == guest.sha256).then_some(())
+        },
     );
 }
 
@@ -35,7 +38,10 @@ fn wait_for_events_in(service: &Service, at_least: f64) {
     poll_until(
         &format!("the service has consumed {at_least} events"),
         DEADLINE,
-        || (service.metric("campaign_push_events_in_total")? >= at_least).then_some(()),
+        || {
+            service.assert_running();
+            (service.metric("campaign_push_events_in_total")? >= at_least).then_some(())
+        },
     );
 }
 
@@ -91,15 +97,16 @@ fn a_guest_swapped_under_a_continuous_stream_takes_over_at_a_batch_boundary() {
             producer.flush();
             expected
         });
+        let stop_producing = SetOnDrop(&stop);
         wait_for_events_in(&service, 300.0);
         install_guest(&file.path, &v2.bytes);
         wait_for_guest(&service, &v2);
         let at_swap = service.metric("campaign_push_events_in_total").unwrap();
         wait_for_events_in(&service, at_swap + 300.0);
-        stop.store(true, Ordering::Relaxed);
+        drop(stop_producing);
         producer.join().unwrap()
     });
-    deployment.wait_consumed(DEADLINE);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
 
     let context = format!("{} events", expected.len() / 5);
     deployment.assert_exactly_once(&env, &format!("{run_id}-"), &expected, &context);
@@ -225,12 +232,7 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
             values.insert(values.len() / 2, value);
         }
         deployment.produce_spread(&values);
-        deployment.wait_consumed_checking(DEADLINE, || {
-            assert!(
-                service.get("/healthz").is_some(),
-                "the service stopped answering"
-            )
-        });
+        deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
         Round { label, normal }
     };
 
@@ -283,8 +285,7 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
         rounds.push((serve_round(name, true), guest));
     }
 
-    let mut service = service;
-    assert!(service.is_running(), "{}", service.log_text());
+    service.assert_running();
 
     // Every normal event was served exactly once, by the guest in service for its round.
     let mut expected = BTreeSet::new();
@@ -363,14 +364,14 @@ fn a_guest_that_regresses_is_rolled_back_without_an_operator() {
     // v1 sets the baseline: nothing rejected.
     let before = subscriptions.campaigns("before", 30);
     produce(&before);
-    deployment.wait_consumed(DEADLINE);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
 
     install_guest(&file.path, &v3.bytes);
     wait_for_guest(&service, &v3);
     let during = subscriptions.campaigns("during", 60);
     produce(&during);
     wait_for_guest(&service, &v1);
-    deployment.wait_consumed(DEADLINE);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
     assert_eq!(swap_count(&service, "rollback", "accepted"), 1.0);
 
     // The file still holds v3, but a rolled-back component is not put in service again.
@@ -381,7 +382,7 @@ fn a_guest_that_regresses_is_rolled_back_without_an_operator() {
     );
     let after = subscriptions.campaigns("after", 30);
     produce(&after);
-    deployment.wait_consumed(DEADLINE);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
     assert_eq!(service.guest_sha256().as_deref(), Some(&*v1.sha256));
 
     // Nothing is lost: each event of the window was either rejected by v3 (and is in the

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::message::{Headers, Message};
 use support::guests::{GuestBuild, GuestFile, install_guest, test_guest};
 use support::service::{Deployment, Subscriptions, campaign_event, guest_wasm};
-use support::{StackEnv, unique_name};
+use support::{SetOnDrop, StackEnv, unique_name};
 
 const RESTAURANTS: usize = 20;
 const FAN_OUT: usize = 10;
@@ -187,6 +187,7 @@ fn main() {
             }
         });
 
+        let _stop_threads = SetOnDrop(stop);
         std::thread::sleep(SETTLE);
         for k in 0..swaps {
             let next = &versions[(k + 1) % 2];
@@ -207,7 +208,6 @@ fn main() {
             });
             std::thread::sleep(SETTLE);
         }
-        stop.store(true, Ordering::Relaxed);
     });
     deployment.wait_consumed(Duration::from_secs(300));
     let log = service.log_text();

@@ -77,7 +77,12 @@ impl Reloader {
             Ok::<_, ReloadError>(guest)
         })
         .await
-        .expect("the loading task does not panic");
+        // A component that makes the compiler itself panic is refused like any other bad one.
+        .unwrap_or_else(|panicked| {
+            Err(ReloadError::Load(LoadError::Compile(format!(
+                "compiling it panicked: {panicked}"
+            ))))
+        });
         let result = candidate.and_then(|guest| {
             let sha256 = &guest.identity().sha256;
             if self.rolled_back.lock().expect("lock").contains(sha256) {

@@ -318,6 +318,17 @@ pub fn foreign_ca(dir: &Path) -> PathBuf {
     cert
 }
 
+/// Sets its flag when dropped, also when the thread unwinds: the way to stop a helper thread of a
+/// `std::thread::scope` that runs until told to, so that a failing test does not wait for it
+/// forever.
+pub struct SetOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A Kafka topic that exists for one test only: created over the PLAINTEXT listener with one
 /// partition (so that reading it back is in produce order) and deleted when dropped.
 pub struct TempTopic {

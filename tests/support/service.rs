@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -170,7 +171,7 @@ impl Deployment {
         }
         let child = command.spawn().expect("the service starts");
         let mut service = Service {
-            child,
+            child: Mutex::new(child),
             http_port,
             log,
         };
@@ -328,7 +329,9 @@ impl Deployment {
 
 /// A running service process; killed when dropped.
 pub struct Service {
-    child: Child,
+    /// Behind a lock so that a test can check it is alive through a shared reference, while the
+    /// service is borrowed elsewhere.
+    child: Mutex<Child>,
     http_port: u16,
     log: tempfile::NamedTempFile,
 }
@@ -337,7 +340,7 @@ impl Service {
     #[track_caller]
     fn wait_ready(&mut self) {
         poll_until("the service is ready", Duration::from_secs(90), || {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.exit_status() {
                 panic!(
                     "the service exited with {status} before becoming ready:\n{}",
                     self.log_text()
@@ -394,27 +397,43 @@ impl Service {
             .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
     }
 
+    /// Panics, showing the service's log, if the process has exited.
+    #[track_caller]
+    pub fn assert_running(&self) {
+        if let Some(status) = self.exit_status() {
+            panic!(
+                "the service exited with {status}; its log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
     /// Whether the process still runs (it has not exited, for whatever reason).
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+    pub fn is_running(&self) -> bool {
+        self.exit_status().is_none()
+    }
+
+    fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap().try_wait().expect("try_wait")
     }
 
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        let child = self.child.get_mut().unwrap();
+        child.kill().ok();
+        child.wait().ok();
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.get_mut().unwrap().id().to_string()])
             .status()
             .unwrap();
         poll_until(
             "the service exits after SIGTERM",
             Duration::from_secs(60),
-            || self.child.try_wait().unwrap(),
+            || self.exit_status(),
         )
     }
 
@@ -425,8 +444,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        let child = self.child.get_mut().unwrap();
+        child.kill().ok();
+        child.wait().ok();
     }
 }
 
