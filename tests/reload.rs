@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -236,11 +237,19 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
         Round { label, normal }
     };
 
+    let evil_guests = [
+        ("trap-on-event", "unreachable"),
+        ("loop-on-event", "interrupt"),
+        ("memory-bomb", "growing memory"),
+    ]
+    .map(|(name, reason)| (name, reason, GuestBuild::read(&test_guest(name))));
+    let (_, _, first_evil) = &evil_guests[0];
+    let half = first_evil.bytes.len() / 2;
+
     // Refused at load: each is reported by the admin endpoint, and v1 keeps serving.
     let garbage: Vec<u8> = (0u32..4096)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let v2 = GuestBuild::read(&test_guest("v2-content"));
     let wrong_world = std::fs::read(test_guest("wrong-world")).unwrap();
     let refusals: [(&str, &dyn Fn(), &str); 3] = [
         (
@@ -249,15 +258,15 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
             "not a valid WebAssembly component",
         ),
         (
-            // A copy cut short: written in place, as a plain `cp` does, and stopped half-way.
-            "truncated",
-            &|| std::fs::write(&file.path, &v2.bytes[..v2.bytes.len() / 2]).unwrap(),
-            "not a valid WebAssembly component",
-        ),
-        (
             "wrong-world",
             &|| install_guest(&file.path, &wrong_world),
             "does not fit the campaign-transform world",
+        ),
+        (
+            // A copy under way: written in place, as a plain `cp` does, and half done.
+            "truncated",
+            &|| std::fs::write(&file.path, &first_evil.bytes[..half]).unwrap(),
+            "not a valid WebAssembly component",
         ),
     ];
     for (label, write, reason) in refusals {
@@ -272,15 +281,18 @@ fn evil_guests_are_refused_at_load_or_contained_to_their_event() {
     }
     assert!(swap_count(&service, "reload", "refused") >= 3.0);
 
+    // The copy finishes: the file watcher puts the completed component in service by itself.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file.path)
+        .and_then(|mut f| f.write_all(&first_evil.bytes[half..]))
+        .unwrap();
+
     // Accepted (they pass the canary), then contained to the one event they misbehave on.
-    let evil_guests = [
-        ("trap-on-event", "unreachable"),
-        ("loop-on-event", "interrupt"),
-        ("memory-bomb", "growing memory"),
-    ]
-    .map(|(name, reason)| (name, reason, GuestBuild::read(&test_guest(name))));
-    for (name, _, guest) in &evil_guests {
-        install_guest(&file.path, &guest.bytes);
+    for (k, (name, _, guest)) in evil_guests.iter().enumerate() {
+        if k > 0 {
+            install_guest(&file.path, &guest.bytes);
+        }
         wait_for_guest(&service, guest);
         rounds.push((serve_round(name, true), guest));
     }
