@@ -38,10 +38,9 @@ pub struct Topics {
 }
 
 pub struct KafkaSink {
-    /// Polled by the sink itself, not by a `ThreadedProducer`'s thread: the flush inside
-    /// `commit_transaction` polls for the batch's delivery reports, and a second poller that takes
-    /// them first leaves it waiting out its 100 ms poll, on every batch. Between batches nothing
-    /// needs serving: each write starts by serving what came meanwhile (errors, logs).
+    /// Polled by the sink itself, without a polling thread: delivery reports are served while a
+    /// write waits for its batch's acknowledgements (see [`KafkaSink::await_deliveries`]), and
+    /// whatever came between batches (errors, logs) at the start of the next write.
     producer: BaseProducer,
     topics: Topics,
     timeout: Duration,
