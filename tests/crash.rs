@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::service::{Deployment, Subscriptions, campaign_event};
-use support::{StackEnv, psql, run, unique_name};
+use support::{StackEnv, env_number, psql, run, unique_name};
 
 const RESTAURANTS: usize = 20;
 const CLIENTS_PER_RESTAURANT: usize = 10;
@@ -37,14 +37,9 @@ impl Rng {
 #[test]
 fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
     let env = StackEnv::load();
-    let cycles: usize = std::env::var("CHAOS_CYCLES")
-        .ok()
-        .map(|v| v.parse().expect("CHAOS_CYCLES is a number"))
-        .unwrap_or(10);
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .map(|v| v.parse().expect("CHAOS_SEED is a number"))
-        .unwrap_or_else(|| std::process::id() as u64 * 2_654_435_761 + 1);
+    let cycles: usize = env_number("CHAOS_CYCLES").unwrap_or(10);
+    let seed: u64 =
+        env_number("CHAOS_SEED").unwrap_or_else(|| std::process::id() as u64 * 2_654_435_761 + 1);
     println!("chaos: {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::message::{Headers, Message};
 use support::guests::{GuestBuild, GuestFile, install_guest, test_guest};
 use support::service::{Deployment, Subscriptions, campaign_event, guest_wasm};
-use support::{SetOnDrop, StackEnv, unique_name};
+use support::{SetOnDrop, StackEnv, env_number, unique_name};
 
 const RESTAURANTS: usize = 20;
 const FAN_OUT: usize = 10;
@@ -34,13 +34,6 @@ const SETTLE: Duration = Duration::from_secs(4);
 /// the new version's first output: the batches that ran while the candidate was compiled and
 /// checked, and the first ones of the new version.
 const AROUND: Duration = Duration::from_millis(200);
-
-fn env_number(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} is a number")))
-        .unwrap_or(default)
-}
 
 fn epoch_seconds(at: SystemTime) -> f64 {
     at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
@@ -112,8 +105,8 @@ impl Mode {
 
 fn main() {
     let mode = Mode::from_env();
-    let swaps = env_number("RELOAD_SWAPS", 6);
-    let rate = env_number("RELOAD_RATE", 500);
+    let swaps = env_number("RELOAD_SWAPS").unwrap_or(6);
+    let rate = env_number("RELOAD_RATE").unwrap_or(500);
     let env = StackEnv::load();
     let run_id = unique_name("bench-reload");
     let subscriptions = Subscriptions::insert(&env, &run_id, RESTAURANTS, FAN_OUT);
@@ -313,13 +306,10 @@ impl Batch {
 
 /// A "batch committed" line of the service's JSON log.
 fn committed_batch(line: &str) -> Option<Batch> {
-    let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-    if entry["fields"]["message"] != "batch committed" {
-        return None;
-    }
+    let (committed, entry) = log_entry(line, "batch committed")?;
     let field = |name: &str| entry["fields"][name].as_f64();
     Some(Batch {
-        committed: rfc3339_seconds(entry["timestamp"].as_str()?)?,
+        committed,
         seconds: field("seconds")?,
         stages: [
             field("collect_seconds")?,
@@ -332,11 +322,17 @@ fn committed_batch(line: &str) -> Option<Batch> {
 
 /// When a "guest swapped" line of the service's JSON log says a new guest was put in service.
 fn swap_accepted(line: &str) -> Option<f64> {
+    log_entry(line, "guest swapped").map(|(at, _)| at)
+}
+
+/// A line of the service's JSON log with `message`: when it was written (seconds since the
+/// epoch), and the whole entry.
+fn log_entry(line: &str, message: &str) -> Option<(f64, serde_json::Value)> {
     let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-    if entry["fields"]["message"] != "guest swapped" {
+    if entry["fields"]["message"] != message {
         return None;
     }
-    rfc3339_seconds(entry["timestamp"].as_str()?)
+    Some((rfc3339_seconds(entry["timestamp"].as_str()?)?, entry))
 }
 
 /// Seconds since the epoch of a UTC timestamp as `tracing` writes it: `2026-11-25T13:20:01.123456Z`.

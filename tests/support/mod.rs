@@ -218,6 +218,17 @@ fn wait_with_deadline(child: &mut Child, deadline: Duration) -> Option<ExitStatu
     }
 }
 
+/// The number in environment variable `key`, if it is set; panics naming the key if it is not a
+/// number (tests and benchmarks take their knobs, e.g. `CHAOS_CYCLES`, this way).
+pub fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
+    let value = std::env::var(key).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={value} is not a number")),
+    )
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
 #[track_caller]
 pub fn poll_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
