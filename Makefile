@@ -4,9 +4,10 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
-# Build artefacts live outside the work tree so that every clone on this machine (and CI's fresh
-# clone) reuses one warm cache: a cold wasmtime build takes minutes on two cores.
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/campaign-push/target
+# Each clone builds into its own target/: test binaries bake in paths of the clone that built them
+# (its .stack/local.env among them), so a shared build directory would run one clone's tests
+# against another's stack.
+export CARGO_TARGET_DIR := $(ROOT)/target
 STACK := $(ROOT)/stack/stack.sh
 # A profile of its own (see Cargo.toml): LTO and panic=abort suit the guest but not the host.
 export GUEST_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release-guest/guest_transform.wasm
@@ -14,6 +15,8 @@ HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 # The test guests (tests/guests): a workspace of their own, built by tests/reload.rs into a
 # target directory of their own (see tests/support/guests.rs).
 TEST_GUESTS := --manifest-path $(ROOT)/tests/guests/Cargo.toml
+# Tests run the release build with the test-only crash points of host/src/failpoint.rs.
+TEST_FEATURES := --release --workspace --features campaign-push/failpoints
 # The running host's HTTP endpoint (http.listen in config/local.toml's default).
 ADMIN := http://127.0.0.1:9464
 
@@ -48,17 +51,17 @@ build: guest ## build the host binary (release)
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo fmt $(TEST_GUESTS) --all -- --check
-	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy $(TEST_FEATURES) --all-targets -- -D warnings
 	cargo clippy -p guest-transform --target wasm32-wasip2 --profile release-guest -- -D warnings
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/test-guests \
 	  cargo clippy $(TEST_GUESTS) --workspace --target wasm32-wasip2 --release -- -D warnings
 
 test: up guest test-guests lint ## start the stack, build, lint, and run every test (unit, golden, integration)
-	cargo test --release --workspace --no-run
+	cargo test $(TEST_FEATURES) --no-run
 	@# Write the build out to disk before the tests start: on a small VM, its writeback stalled
 	@# Kafka's metadata log for up to 26 s, long enough to fence the broker under a running test.
 	sync
-	cargo test --release --workspace
+	cargo test $(TEST_FEATURES)
 
 # tests/reload.rs builds them too (the same command, so then it finds them fresh); building them
 # here keeps that heavy build from running beside the stack while tests use it.
@@ -92,7 +95,7 @@ rollback: ## put the previous guest back in the host started by `make run`
 	$(call with_guest_versions,curl -sS -X POST $(ADMIN)/admin/rollback)
 
 chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_CYCLES, default 50)
-	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test --release -p campaign-push --test crash -- --nocapture
+	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test $(TEST_FEATURES) --test crash -- --nocapture
 
 bench-pipeline: up guest ## rough end-to-end throughput on the local stack (rows/s)
 	cargo bench -p campaign-push --bench pipeline

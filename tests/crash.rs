@@ -1,9 +1,12 @@
-//! Crash safety against the real local stack: the service is killed with SIGKILL at random
-//! moments while it works through a stream with fan-out, and restarted; afterwards every expected
-//! (campaign, client) pair is exactly once in PostgreSQL and exactly once in the output topic read
-//! with `read_committed`, and re-sent events added nothing.
+//! Crash safety against the real local stack: the service is crashed while it works through a
+//! stream with fan-out, and restarted; afterwards every expected (campaign, client) pair is exactly
+//! once in PostgreSQL and exactly once in the output topic read with `read_committed`, and re-sent
+//! events added nothing.
 //!
-//! `CHAOS_CYCLES` sets the number of kill/restart cycles (default 10; `make chaos` runs more).
+//! The cycles take turns: four of five crash the service at a step of the delivery protocol (the
+//! test-only crash points of `host/src/failpoint.rs`, each after a random number of batches), the
+//! fifth kills it with SIGKILL at a random moment. The test reports how many crashes landed at
+//! each step. `CHAOS_CYCLES` sets the number of cycles (default 10; `make chaos` runs 50).
 
 mod support;
 
@@ -16,6 +19,14 @@ use support::{StackEnv, env_number, psql, run, unique_name};
 const RESTAURANTS: usize = 20;
 const CLIENTS_PER_RESTAURANT: usize = 10;
 const EVENTS_PER_CYCLE: usize = 300;
+
+/// The crash points of the delivery protocol, in protocol order.
+const STEPS: [&str; 4] = [
+    "before-postgres-commit",
+    "between-commits",
+    "before-kafka-commit",
+    "after-kafka-commit",
+];
 
 /// A small deterministic generator (xorshift), seeded per run and printed, so a failing schedule
 /// can be replayed with `CHAOS_SEED`.
@@ -51,6 +62,7 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
     let overrides = [("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS", "40")];
     let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
     let mut sent_events: Vec<String> = Vec::new();
+    let mut crashes: std::collections::BTreeMap<&str, usize> = Default::default();
     for cycle in 0..cycles {
         let mut values = Vec::new();
         for i in 0..EVENTS_PER_CYCLE {
@@ -68,27 +80,53 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
         sent_events.extend(values.iter().cloned());
         deployment.produce_spread(&values);
 
-        let service = deployment.start_with(&env, &overrides);
-        // The chaos schedule itself, not a synchronisation: kill somewhere in the first 1.5 s of
-        // work, which on this machine lands before, inside and after batches.
-        std::thread::sleep(Duration::from_millis(rng.below(1500)));
-        service.kill();
+        match STEPS.get(cycle % (STEPS.len() + 1)) {
+            Some(step) => {
+                // Crash at the step after a few batches: 300 events make at least 8 of 40.
+                let failpoint = format!("{step}={}*off->return", rng.below(6));
+                let mut with_crash = overrides.to_vec();
+                with_crash.push(("FAILPOINTS", &failpoint));
+                let service = deployment.spawn_with(&env, &with_crash);
+                let status = service.wait_exit(Duration::from_secs(120));
+                assert!(!status.success(), "{step}: {}", service.log_text());
+                assert!(
+                    service
+                        .log_text()
+                        .contains(&format!("failpoint {step}: aborting")),
+                    "the service must stop at {step}:\n{}",
+                    service.log_text()
+                );
+                *crashes.entry(*step).or_default() += 1;
+            }
+            None => {
+                let service = deployment.start_with(&env, &overrides);
+                // The chaos schedule itself, not a synchronisation: kill somewhere in the first
+                // 1.5 s of work, which on this machine lands before, inside and after batches.
+                std::thread::sleep(Duration::from_millis(rng.below(1500)));
+                service.kill();
+                *crashes.entry("SIGKILL at a random moment").or_default() += 1;
+            }
+        }
     }
 
     let service = deployment.start_with(&env, &overrides);
     deployment.wait_consumed(Duration::from_secs(180));
     drop(service);
 
-    // A start reconciles the ledger with the committed offsets: afterwards no delivery of this
-    // run is still waiting for its Kafka transaction to be confirmed.
+    // A start forgets the decisions that Kafka has committed: afterwards none of this run's is
+    // still stored.
     let restarted = deployment.start_with(&env, &overrides);
     let pending = format!(
-        "SELECT count(*) FROM campaign_push_deliveries \
-         WHERE adv_campaign_id LIKE '{run_id}-%' AND NOT kafka_committed"
+        "SELECT count(*) FROM campaign_push_decisions WHERE source_topic = '{}'",
+        deployment.input.name
     );
     let finished = run(&mut psql(&env, "", &pending), None);
     finished.assert_success();
-    assert_eq!(finished.stdout_text().trim(), "0", "unconfirmed deliveries");
+    assert_eq!(
+        finished.stdout_text().trim(),
+        "0",
+        "decisions not forgotten"
+    );
     drop(restarted);
 
     deployment.assert_exactly_once(
@@ -98,7 +136,8 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
         &format!("CHAOS_SEED={seed}"),
     );
     println!(
-        "chaos: {cycles} kills, {} events, {} pairs exactly once in Kafka and PostgreSQL",
+        "chaos: {cycles} crashes ({crashes:?}), {} events, {} pairs exactly once in Kafka and \
+         PostgreSQL",
         sent_events.len(),
         expected.len()
     );

@@ -52,7 +52,19 @@ pub enum BadEvent {
         start: i64,
         end: i64,
     },
+    /// A string holding U+0000, which PostgreSQL's `text` cannot store.
+    NulCharacter(&'static str),
+    /// An id longer than [`MAX_ID_BYTES`]: the service's indexes could not hold it.
+    IdTooLong {
+        field: &'static str,
+        bytes: usize,
+    },
 }
+
+/// The longest `restaurant_id` and `adv_campaign_id` accepted, in UTF-8 bytes. The delivery
+/// ledger's primary key holds (campaign id, client id) in one B-tree entry of at most ~2.7 kB;
+/// this leaves the client id (from `subscribers_restaurants`) well over a kilobyte.
+pub const MAX_ID_BYTES: usize = 1024;
 
 impl fmt::Display for BadEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,6 +90,15 @@ impl fmt::Display for BadEvent {
             BadEvent::StartAfterEnd { start, end } => write!(
                 f,
                 "adv_campaign_datetime_start ({start}) is after adv_campaign_datetime_end ({end})"
+            ),
+            BadEvent::NulCharacter(field) => write!(
+                f,
+                "field `{field}` contains the character U+0000, which PostgreSQL text cannot store"
+            ),
+            BadEvent::IdTooLong { field, bytes } => write!(
+                f,
+                "field `{field}` is {bytes} bytes long; ids longer than {MAX_ID_BYTES} bytes \
+                 cannot be indexed"
             ),
         }
     }
@@ -175,6 +196,17 @@ pub fn parse_campaign(value: &[u8]) -> Result<Campaign, BadEvent> {
         )?,
         datetime_created: integer_field("datetime_created", raw.datetime_created)?,
     };
+    for (field, id) in [
+        ("restaurant_id", &campaign.restaurant_id),
+        ("adv_campaign_id", &campaign.adv_campaign_id),
+    ] {
+        if id.len() > MAX_ID_BYTES {
+            return Err(BadEvent::IdTooLong {
+                field,
+                bytes: id.len(),
+            });
+        }
+    }
     if campaign.adv_campaign_datetime_start > campaign.adv_campaign_datetime_end {
         return Err(BadEvent::StartAfterEnd {
             start: campaign.adv_campaign_datetime_start,
@@ -201,7 +233,12 @@ fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<String, B
     let raw = present_value(field, raw)?;
     match JsonKind::of(raw.get()) {
         JsonKind::String => {
-            Ok(serde_json::from_str(raw.get()).expect("a JSON string literal is a string"))
+            let text: String =
+                serde_json::from_str(raw.get()).expect("a JSON string literal is a string");
+            if text.contains('\0') {
+                return Err(BadEvent::NulCharacter(field));
+            }
+            Ok(text)
         }
         found => Err(BadEvent::WrongType {
             field,

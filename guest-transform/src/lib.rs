@@ -84,7 +84,7 @@ pub mod component;
 #[cfg(target_arch = "wasm32")]
 pub use component::bindings::export_transform;
 
-pub use event::{BadEvent, Campaign};
+pub use event::{BadEvent, Campaign, MAX_ID_BYTES};
 pub use packed::PackedStrings;
 pub use transform::{
     BatchError, EventOutcome, FanOut, Rejection, SkipReason, SubscriberLookup, transform_batch,

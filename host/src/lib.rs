@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`guest`]: the wasmtime embedding — loading, checking and calling transform components.
+//! - [`plan`]: what a batch decides, per input record: recalled from an earlier attempt, or new.
 //! - [`records`]: the Kafka messages and `subscribers_feedback` rows derived from a guest fan-out.
 //! - [`pipeline`]: consume, transform in batches, plan the writes.
 //! - [`sinks`]: PostgreSQL (binary COPY + delivery ledger) and Kafka (transactional).
@@ -12,15 +13,18 @@
 //! - [`reload`]: hot reload of the guest (file watch, SIGHUP, admin endpoint) and rollback.
 //! - [`service`]: wires everything together and runs it until shutdown.
 //! - [`cli`]: the command line.
+//! - [`failpoint`]: test-only crash points in the delivery protocol.
 
 pub mod cli;
 pub mod config;
+pub mod failpoint;
 pub mod guest;
 pub mod http;
 pub mod metrics;
 pub mod migrations;
 pub mod offline;
 pub mod pipeline;
+pub mod plan;
 pub mod records;
 pub mod reload;
 pub mod service;

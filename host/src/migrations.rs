@@ -27,6 +27,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "002_delivery_ledger",
         sql: include_str!("../migrations/002_delivery_ledger.sql"),
     },
+    Migration {
+        name: "003_decisions",
+        sql: include_str!("../migrations/003_decisions.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations: "camppush" in ASCII.

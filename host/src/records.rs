@@ -4,6 +4,26 @@
 use guest_transform::{Campaign, FanOut};
 use serde::Serialize;
 
+/// Header names on output and dead-letter messages.
+pub mod headers {
+    use crate::guest::GuestIdentity;
+
+    pub const GUEST_VERSION: &str = "campaign-push-guest-version";
+    pub const GUEST_SHA256: &str = "campaign-push-guest-sha256";
+    pub const REASON: &str = "campaign-push-dead-letter-reason";
+    pub const SOURCE_TOPIC: &str = "campaign-push-source-topic";
+    pub const SOURCE_PARTITION: &str = "campaign-push-source-partition";
+    pub const SOURCE_OFFSET: &str = "campaign-push-source-offset";
+    /// On a dead letter sent without its value because the value would not fit in a message.
+    pub const VALUE_OMITTED: &str = "campaign-push-dead-letter-value-omitted";
+
+    /// The bytes the headers of an output message take, as the producer counts them against
+    /// `message.max.bytes` (names and values).
+    pub fn output_bytes(guest: &GuestIdentity) -> usize {
+        GUEST_VERSION.len() + guest.version.len() + GUEST_SHA256.len() + guest.sha256.len()
+    }
+}
+
 /// One output message: Kafka key and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message<'a> {

@@ -7,20 +7,22 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PostgresTls, tls_connector};
 use crate::guest::{GuestLimits, GuestRuntime, GuestSlot, canary};
-use crate::http::{self, Readiness};
+use crate::http::{self, Progress, Readiness};
 use crate::metrics::Metrics;
 use crate::migrations;
 use crate::pipeline::clock::SystemClock;
+use crate::pipeline::rebalance::GroupContext;
 use crate::pipeline::regression::RegressionSettings;
 use crate::pipeline::transformer::Transformer;
-use crate::pipeline::{PgConnect, Pipeline, Settings};
+use crate::pipeline::{GroupConsumer, PgConnect, Pipeline, Settings};
+use crate::plan::Limits;
 use crate::reload::{self, Reloader};
 use crate::sinks::kafka::{KafkaSink, Topics};
 use crate::sinks::postgres;
@@ -32,13 +34,21 @@ const COORDINATOR_WAIT: Duration = Duration::from_secs(120);
 /// How often the guest file is checked for a new version.
 const GUEST_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long start-up waits for another live host to release the transactional id (a crashed
+/// predecessor's database session can take a moment to end).
+const ID_LOCK_WAIT: Duration = Duration::from_secs(15);
+
 /// How long librdkafka's blocking calls (transactions, metadata, committed offsets) may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the service until `shutdown` is cancelled or something fails for good.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let readiness = Arc::new(Readiness::default());
+    let progress = Arc::new(Progress::new(config.pipeline.stall_timeout));
+    let readiness = Arc::new(Readiness {
+        progress: progress.clone(),
+        ..Readiness::default()
+    });
     let limits = GuestLimits {
         call_timeout: config.guest.call_timeout,
         max_memory_bytes: config.guest.max_memory_mib.saturating_mul(1 << 20),
@@ -90,6 +100,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("applying the project's migrations")?;
     tracing::info!(applied = ?report.applied, "database objects up to date");
+    // Held by this connection for as long as the service runs.
+    lock_transactional_id(&admin.client, &config.kafka.transactional_id, &shutdown).await?;
 
     let cache = start_subscriber_cache(&config, shutdown.clone())?;
     tokio::select! {
@@ -105,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let kafka = config.kafka.clone();
+    let max_message_bytes = kafka.message_max_bytes();
     let sink = tokio::task::spawn_blocking(move || {
         KafkaSink::new(
             kafka.client_config(),
@@ -115,6 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 dead_letter: kafka.dead_letter_topic,
             },
             KAFKA_TIMEOUT,
+            max_message_bytes,
         )
     })
     .await?
@@ -124,13 +138,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // the group's offsets are unstable and cannot be read) and before the consumer joins the
     // group (a JoinGroup request held by the coordinator would delay this lookup).
     let committed = committed_offsets(&config).await?;
-    let confirmed = postgres::confirm(&admin.client, &config.kafka.input_topic, &committed)
-        .await
-        .context("reconciling the delivery ledger with the committed offsets")?;
-    if confirmed > 0 {
-        tracing::info!(confirmed, "deliveries confirmed as committed to Kafka");
+    let forgotten =
+        postgres::forget_committed(&admin.client, &config.kafka.input_topic, &committed)
+            .await
+            .context("forgetting the decisions that Kafka has committed")?;
+    if forgotten > 0 {
+        tracing::info!(
+            forgotten,
+            "stored decisions confirmed as committed to Kafka"
+        );
     }
-    drop(admin);
 
     let consumer = Arc::new(create_consumer(&config)?);
     tokio::spawn(report_consumer_lag(
@@ -158,12 +175,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         kafka: sink,
         clock: Arc::new(SystemClock),
         metrics,
+        progress,
         settings: Settings {
             batch_max_events: config.pipeline.batch_max_events,
             batch_linger: config.pipeline.batch_linger,
             retry_initial_backoff: config.pipeline.sink_retry_initial_backoff,
             retry_max_backoff: config.pipeline.sink_retry_max_backoff,
-            max_outputs_per_event: config.pipeline.max_outputs_per_event,
+            limits: Limits {
+                max_outputs_per_event: config.pipeline.max_outputs_per_event,
+                max_message_bytes: config.kafka.message_max_bytes(),
+            },
         },
     };
     readiness.pipeline_running.store(true, Ordering::Release);
@@ -172,7 +193,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     readiness.pipeline_running.store(false, Ordering::Release);
     shutdown.cancel();
     let _ = http.await;
+    drop(admin);
     result
+}
+
+/// Takes a PostgreSQL advisory lock named after `transactional_id` on `client`'s session, so that
+/// two live hosts never share the id (they would fence each other's producer in turn, and share
+/// one static group membership). Waits [`ID_LOCK_WAIT`] for a crashed predecessor's session to
+/// end before it gives up.
+async fn lock_transactional_id(
+    client: &tokio_postgres::Client,
+    transactional_id: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let name = format!("campaign-push kafka.transactional_id {transactional_id}");
+    let deadline = tokio::time::Instant::now() + ID_LOCK_WAIT;
+    loop {
+        let taken: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&name],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", postgres::describe(&e)))
+            .context("locking kafka.transactional_id")?
+            .get(0);
+        if taken {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "kafka.transactional_id {transactional_id:?} is in use by another live host (it has \
+             held it for {ID_LOCK_WAIT:?}); give every host its own id (the default \
+             campaign-push-<host name> does, or set CAMPAIGN_PUSH__KAFKA__TRANSACTIONAL_ID)"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for kafka.transactional_id"),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
@@ -233,7 +292,7 @@ async fn report_cache_metrics(
 /// Every few seconds: records not yet consumed on the assigned partitions (high watermark minus
 /// the consumer's position), for the `consumer_lag` gauge.
 async fn report_consumer_lag(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -282,9 +341,9 @@ fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
     client_config
 }
 
-fn create_consumer(config: &Config) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = consumer_config(config)
-        .create()
+fn create_consumer(config: &Config) -> anyhow::Result<GroupConsumer> {
+    let consumer: GroupConsumer = consumer_config(config)
+        .create_with_context(GroupContext::default())
         .context("creating the Kafka consumer")?;
     consumer
         .subscribe(&[&config.kafka.input_topic])

@@ -115,6 +115,14 @@ impl Deployment {
 
     /// As [`Deployment::start`], with extra `CAMPAIGN_PUSH__…` overrides.
     pub fn start_with(&self, env: &StackEnv, overrides: &[(&str, &str)]) -> Service {
+        let mut service = self.spawn_with(env, overrides);
+        service.wait_ready();
+        service
+    }
+
+    /// Starts the service without waiting for it to be ready: for runs that may end before (a
+    /// crash point, see `host/src/failpoint.rs`, set by a `FAILPOINTS` override).
+    pub fn spawn_with(&self, env: &StackEnv, overrides: &[(&str, &str)]) -> Service {
         let http_port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut command = Command::new(SERVICE_BIN);
@@ -170,23 +178,29 @@ impl Deployment {
             command.env(key, value);
         }
         let child = command.spawn().expect("the service starts");
-        let mut service = Service {
+        Service {
             child: Mutex::new(child),
             http_port,
             log,
-        };
-        service.wait_ready();
-        service
+        }
     }
 
     /// A producer to the input topic, for tests that produce while they observe.
     pub fn input_producer(&self) -> InputProducer {
+        self.input_producer_with(&[])
+    }
+
+    /// As [`Deployment::input_producer`], with further librdkafka properties.
+    pub fn input_producer_with(&self, properties: &[(&str, &str)]) -> InputProducer {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.plaintext)
+            .set("enable.idempotence", "true");
+        for (name, value) in properties {
+            config.set(*name, *value);
+        }
         InputProducer {
-            producer: ClientConfig::new()
-                .set("bootstrap.servers", &self.plaintext)
-                .set("enable.idempotence", "true")
-                .create()
-                .unwrap(),
+            producer: config.create().unwrap(),
             topic: self.input.name.clone(),
         }
     }
@@ -337,8 +351,14 @@ pub struct Service {
 }
 
 impl Service {
+    /// Waits until the process exits by itself, e.g. at a crash point.
     #[track_caller]
-    fn wait_ready(&mut self) {
+    pub fn wait_exit(&self, deadline: Duration) -> std::process::ExitStatus {
+        poll_until("the service exits", deadline, || self.exit_status())
+    }
+
+    #[track_caller]
+    pub fn wait_ready(&mut self) {
         poll_until("the service is ready", Duration::from_secs(90), || {
             if let Some(status) = self.exit_status() {
                 panic!(

@@ -253,3 +253,31 @@ fn reasons_name_the_field_and_the_problem() {
         assert_eq!(bad.to_string(), reason);
     }
 }
+
+#[test]
+fn rejects_a_nul_character_in_every_string_field() {
+    for field in STRING_FIELDS {
+        let text = sample_with(field, Some(r#""before\u0000after""#));
+        assert_eq!(parse(&text), Err(BadEvent::NulCharacter(field)), "{field}");
+    }
+}
+
+#[test]
+fn rejects_ids_too_long_for_an_index_and_accepts_the_longest_allowed() {
+    for field in ["restaurant_id", "adv_campaign_id"] {
+        let longest = format!("\"{}\"", "i".repeat(MAX_ID_BYTES));
+        assert!(
+            parse(&sample_with(field, Some(&longest))).is_ok(),
+            "{field}"
+        );
+        let too_long = format!("\"{}\"", "é".repeat(1500));
+        assert_eq!(
+            parse(&sample_with(field, Some(&too_long))),
+            Err(BadEvent::IdTooLong { field, bytes: 3000 }),
+            "{field}"
+        );
+    }
+    // Content is not an id: a long offer is fine.
+    let long_content = format!("\"{}\"", "x".repeat(100_000));
+    assert!(parse(&sample_with("adv_campaign_content", Some(&long_content))).is_ok());
+}

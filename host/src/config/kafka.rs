@@ -22,6 +22,23 @@ pub const SERVICE_PROPERTIES: &[&str] = &[
     "enable.auto.offset.store",
 ];
 
+/// librdkafka's default `message.max.bytes`, which the producer applies unless
+/// `kafka.properties` sets it.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// `campaign-push-<host name>`: distinct for hosts with distinct names, stable across restarts.
+pub fn default_transactional_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "campaign-push-0".to_owned()
+    } else {
+        format!("campaign-push-{host}")
+    }
+}
+
 /// Prefixes of librdkafka's security properties, which only `[kafka.security]` may set, so that
 /// there is one place to read how the service authenticates.
 const SECURITY_PREFIXES: &[&str] = &[
@@ -49,9 +66,11 @@ pub struct KafkaConfig {
     /// `kafka.consumer_group` (default `"campaign-push"`): the consumer group whose committed
     /// offsets say how far the input topic has been processed.
     pub consumer_group: String,
-    /// `kafka.transactional_id` (default `"campaign-push-0"`): the output producer is
-    /// transactional; a restarted instance with the same id fences off its predecessor. Every
-    /// concurrently running instance needs its own id.
+    /// `kafka.transactional_id` (default `"campaign-push-<host name>"`): the output producer is
+    /// transactional, and the id is also the consumer's static group membership
+    /// (`group.instance.id`). A restarted instance keeps its id, so that it fences off its
+    /// predecessor; every concurrently running instance needs its own, which the default gives
+    /// hosts with distinct names. Two live instances with one id are refused at start-up.
     pub transactional_id: String,
     /// `[kafka.security]`: TLS and login, see [`KafkaSecurity`].
     pub security: KafkaSecurity,
@@ -119,6 +138,15 @@ impl KafkaConfig {
     /// The configuration every client of the service starts from: bootstrap servers, security
     /// and the pass-through properties. The consumer adds `group.id` and its offset settings, the
     /// producer `transactional.id`.
+    /// The largest message the producer sends (key, value and headers): librdkafka's
+    /// `message.max.bytes` as `kafka.properties` sets it, or its default.
+    pub fn message_max_bytes(&self) -> usize {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (name, value) in &self.properties {
@@ -150,7 +178,7 @@ impl KafkaConfig {
         }
         Self {
             consumer_group: src.or("kafka.consumer_group", "campaign-push".into(), text),
-            transactional_id: src.or("kafka.transactional_id", "campaign-push-0".into(), text),
+            transactional_id: src.or("kafka.transactional_id", default_transactional_id(), text),
             security: KafkaSecurity::read(src),
             properties: read_properties(src),
             bootstrap_servers,

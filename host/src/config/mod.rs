@@ -37,7 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{DurationError, parse_duration};
-pub use kafka::{KafkaConfig, KafkaSecurity, SERVICE_PROPERTIES, SaslLogin, SaslMechanism};
+pub use kafka::{
+    KafkaConfig, KafkaSecurity, SERVICE_PROPERTIES, SaslLogin, SaslMechanism,
+    default_transactional_id,
+};
 pub use postgres::{PgConnectError, PgConnection, PostgresConfig, PostgresTls, tls_connector};
 pub use secret::Secret;
 pub use source::ENV_PREFIX;
@@ -84,6 +87,9 @@ pub struct PipelineConfig {
     /// `pipeline.max_outputs_per_event` (default 100000, at least 1): a guard against a runaway
     /// fan-out; an event that would produce more notifications than this is not sent.
     pub max_outputs_per_event: usize,
+    /// `pipeline.stall_timeout` (default `"60s"`, at least `"1s"`): a batch in work for longer
+    /// than this (a sink failing again and again) makes `/readyz` answer 503 with the last error.
+    pub stall_timeout: Duration,
 }
 
 /// `[subscribers]`: the in-memory copy of `subscribers_restaurants`.
@@ -302,6 +308,7 @@ impl PipelineConfig {
             sink_retry_max_backoff: max,
             shutdown_timeout: src.or("pipeline.shutdown_timeout", ms(10_000), duration(ms(1))),
             max_outputs_per_event: src.or("pipeline.max_outputs_per_event", 100_000, integer(1)),
+            stall_timeout: src.or("pipeline.stall_timeout", ms(60_000), duration(ms(1_000))),
         }
     }
 }

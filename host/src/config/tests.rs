@@ -133,7 +133,8 @@ fn defaults_fill_everything_optional() {
         ("in", "out", "dead")
     );
     assert_eq!(kafka.consumer_group, "campaign-push");
-    assert_eq!(kafka.transactional_id, "campaign-push-0");
+    assert_eq!(kafka.transactional_id, default_transactional_id());
+    assert!(kafka.transactional_id.starts_with("campaign-push-"));
     assert!(matches!(kafka.security, KafkaSecurity::Plaintext));
     assert!(kafka.properties.is_empty());
 
@@ -155,6 +156,7 @@ fn defaults_fill_everything_optional() {
             sink_retry_max_backoff: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             max_outputs_per_event: 100_000,
+            stall_timeout: Duration::from_secs(60),
         }
     );
     assert_eq!(

@@ -1,37 +1,55 @@
-//! The pipeline: consume a batch, transform it in the guest, write the plan to both sinks, commit.
+//! The pipeline: collect a batch, decide it, store the decisions, deliver them, commit.
 //!
-//! Per batch: PostgreSQL first (rows + ledger, one transaction), then Kafka (outputs, dead letters
-//! and consumed offsets, one transaction). Each sink is retried on its own, with backoff, from the
-//! in-memory plan; nothing is recomputed. See the README's "Delivery guarantees".
+//! Per batch, in named stages:
+//! 1. [`collect`]: up to `batch_max_events` records, dropping those of revoked partitions; the
+//!    group metadata the batch commits with is taken when it closes (see [`rebalance`]).
+//! 2. decide: recall the decisions stored for records of the batch by an earlier attempt, run
+//!    the others through the guest, and [`plan`](crate::plan::plan) them.
+//! 3. store: one PostgreSQL transaction takes the new decisions for good (ledger, feedback rows,
+//!    decisions); data the database refuses is isolated by bisection and dead-lettered.
+//! 4. deliver: one Kafka transaction sends every decision of the batch, as decided, and commits
+//!    the consumed offsets.
+//! 5. account: metrics, the regression watch of a newly swapped guest, progress.
+//!
+//! A failed stage is retried with backoff; a retry of the store stage decides again only what no
+//! attempt stored, and the deliver stage sends the stored decisions, never a recomputation. See
+//! the README's "Delivery guarantees".
 
 pub mod clock;
-pub mod plan;
+pub mod rebalance;
 pub mod regression;
 pub mod transformer;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{InputEvent, Outcome};
+use crate::guest::{GuestIdentity, InputEvent};
+use crate::http::Progress;
 use crate::metrics::Metrics;
+use crate::plan::{self, Candidate, Decision, Limits, Plan, Planned, Position, Verdict};
 use crate::reload::Reloader;
+use crate::sinks::SinkError;
 use crate::sinks::kafka::KafkaSink;
-use crate::sinks::{SinkError, postgres};
+use crate::sinks::postgres::{self, Written};
 use clock::Clock;
-use plan::Position;
-use regression::{RegressionSettings, RegressionWatch, Verdict};
+use rebalance::GroupContext;
+use regression::{RegressionSettings, RegressionWatch, Verdict as RegressionVerdict};
 use transformer::Transformer;
 
 /// Opens a new PostgreSQL connection (its connection task already spawned).
 pub type PgConnect = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Client>> + Send + Sync>;
+
+/// The consumer the pipeline reads from, with its rebalance-aware context.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// Tuning of the pipeline, from the `[pipeline]` configuration section.
 #[derive(Debug, Clone)]
@@ -40,11 +58,11 @@ pub struct Settings {
     pub batch_linger: Duration,
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
-    pub max_outputs_per_event: usize,
+    pub limits: Limits,
 }
 
 pub struct Pipeline {
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<GroupConsumer>,
     /// Rolls a newly swapped guest back when it regresses (see [`regression`]).
     pub reloader: Arc<Reloader>,
     pub regression: RegressionSettings,
@@ -54,6 +72,8 @@ pub struct Pipeline {
     pub kafka: KafkaSink,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports of the pipeline's progress.
+    pub progress: Arc<Progress>,
     pub settings: Settings,
 }
 
@@ -64,196 +84,477 @@ struct Batch {
     first_received: Instant,
 }
 
-impl Pipeline {
-    /// Runs until `shutdown` is cancelled (returns `Ok`) or a sink fails fatally (returns `Err`).
-    /// A batch interrupted by shutdown is abandoned uncommitted and will be consumed again.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Pipeline {
-            consumer,
-            reloader,
-            regression,
-            input_topic,
-            mut transformer,
-            pg_connect,
-            mut kafka,
-            clock,
-            metrics,
-            settings,
-        } = self;
-        let mut pg: Option<Client> = None;
-        // The offsets of the last batch whose Kafka transaction committed, confirmed in the
-        // ledger with the next batch's PostgreSQL transaction.
-        let mut confirmed: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut watch = RegressionWatch::new(regression, &transformer.identity().sha256);
-        let oversize_reason = format!(
-            "the event fans out to more than {} clients (pipeline.max_outputs_per_event)",
-            settings.max_outputs_per_event
-        );
-        while let Some(batch) = next_batch(&consumer, &settings, &shutdown).await? {
-            let now = clock.now_epoch_seconds();
-            let started = Instant::now();
-            let outcomes =
-                tokio::task::block_in_place(|| transformer.transform_batch(now, &batch.events))?;
-            let plan = plan::plan(
-                &batch.events,
-                &batch.positions,
-                &outcomes,
-                settings.max_outputs_per_event,
-                &oversize_reason,
-            );
-
-            let transformed = Instant::now();
-            let mut backoff = Backoff::new(&settings);
-            let written = loop {
-                let result = match pg.as_mut() {
-                    Some(client) => postgres::write(client, &input_topic, &plan, &confirmed).await,
-                    None => match connect_pg(&pg_connect).await {
-                        Ok(client) => {
-                            pg = Some(client);
-                            continue;
-                        }
-                        Err(error) => Err(SinkError::Retryable(format!("{error:#}"))),
-                    },
-                };
-                match result {
-                    Ok(written) => break written,
-                    Err(SinkError::Fatal(message)) => anyhow::bail!("PostgreSQL sink: {message}"),
-                    Err(SinkError::Retryable(message)) => {
-                        tracing::warn!(%message, "PostgreSQL write failed; retrying");
-                        metrics.count_sink_retry("postgres");
-                        pg = None;
-                        if !backoff.wait(&shutdown).await {
-                            return Ok(());
-                        }
-                    }
-                }
-            };
-            confirmed.clear();
-            let in_postgres = Instant::now();
-
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
-            let mut backoff = Backoff::new(&settings);
-            loop {
-                match kafka.write(&plan, &written.to_send, transformer.identity(), &group) {
-                    Ok(()) => break,
-                    // A fatal producer (fenced: another instance took over the transactional id,
-                    // or the coordinator aborted a transaction that outlived
-                    // `transaction.timeout.ms`) is not recreated here but ends the service, for
-                    // its supervisor to restart it. Recreating it would be correct only with the
-                    // batch re-established from the committed offsets: the new producer's
-                    // `init_transactions` settles the old transaction (completes a commit already
-                    // prepared, aborts anything else), so whether this batch must be sent again
-                    // can be known only from the group's committed offsets read after that, and
-                    // the consumer would have to be rewound to them. A restart does exactly that
-                    // (see `service::run`), and does not fight over the id with a newer instance.
-                    // Broker restarts and outages do not come here: timeouts and abortable errors
-                    // are retried, resuming the pending commit or abort (see `KafkaSink::write`).
-                    Err(SinkError::Fatal(message)) => anyhow::bail!("Kafka sink: {message}"),
-                    Err(SinkError::Retryable(message)) => {
-                        tracing::warn!(%message, "Kafka transaction failed; retrying");
-                        metrics.count_sink_retry("kafka");
-                        if !backoff.wait(&shutdown).await {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            confirmed = plan.next_offsets.clone();
-            let in_kafka = Instant::now();
-
-            let rejected = outcomes
-                .iter()
-                .filter(|outcome| matches!(outcome, Outcome::Rejected(_)))
-                .count();
-            let verdict = watch.record(
-                in_kafka,
-                &transformer.identity().sha256,
-                batch.events.len() as u64,
-                rejected as u64,
-            );
-            if let Verdict::RollBack {
-                previous_share,
-                new_share,
-            } = verdict
-            {
-                let trigger = format!(
-                    "automatic: the new guest rejected {:.0}% of its events, its predecessor {:.0}%",
-                    new_share * 100.0,
-                    previous_share * 100.0
-                );
-                // Logged and counted by the reloader; the next batch uses the restored guest.
-                let _ = reloader.rollback(&trigger).await;
-            }
-
-            metrics.events_in.inc_by(batch.events.len() as u64);
-            metrics.outputs.inc_by(written.to_send.len() as u64);
-            metrics.rows_inserted.inc_by(written.rows_inserted);
-            metrics
-                .duplicates_suppressed
-                .inc_by((plan.deliveries.len() - written.to_send.len()) as u64);
-            metrics.skipped_expired.inc_by(plan.expired as u64);
-            metrics
-                .skipped_not_yet_started
-                .inc_by(plan.not_yet_started as u64);
-            metrics.dead_lettered.inc_by(plan.dead_letters.len() as u64);
-            metrics.batch_size.observe(batch.events.len() as f64);
-            let latency = batch.first_received.elapsed().as_secs_f64();
-            metrics.batch_seconds.observe(latency);
-            tracing::debug!(
-                events = batch.events.len(),
-                outputs = written.to_send.len(),
-                dead_letters = plan.dead_letters.len(),
-                seconds = latency,
-                collect_seconds = (started - batch.first_received).as_secs_f64(),
-                transform_seconds = (transformed - started).as_secs_f64(),
-                postgres_seconds = (in_postgres - transformed).as_secs_f64(),
-                kafka_seconds = (in_kafka - in_postgres).as_secs_f64(),
-                guest = %transformer.identity().version,
-                "batch committed"
-            );
+impl Batch {
+    /// Per partition, the first and last offset of the batch.
+    fn ranges(&self) -> BTreeMap<i32, (i64, i64)> {
+        let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for position in &self.positions {
+            let range = ranges
+                .entry(position.partition)
+                .or_insert((position.offset, position.offset));
+            range.0 = range.0.min(position.offset);
+            range.1 = range.1.max(position.offset);
         }
-        Ok(())
+        ranges
+    }
+
+    fn retain_partitions(&mut self, keep: impl Fn(i32) -> bool) {
+        let mut index = 0;
+        self.events.retain(|_| {
+            index += 1;
+            keep(self.positions[index - 1].partition)
+        });
+        self.positions.retain(|position| keep(position.partition));
     }
 }
 
-async fn connect_pg(connect: &PgConnect) -> anyhow::Result<Client> {
-    let client = connect().await?;
-    postgres::prepare_session(&client).await?;
-    Ok(client)
+/// How long each stage of a batch took, for the batch's debug line.
+struct StageTimes {
+    collected: Instant,
+    decided: Instant,
+    stored: Instant,
+    delivered: Instant,
 }
 
-/// Collects up to `batch_max_events` records, waiting at most `batch_linger` after the first.
-/// `None` when shutdown was requested.
+/// The PostgreSQL connection of the pipeline, opened again after an error that may have broken
+/// it.
+struct Postgres {
+    connect: PgConnect,
+    client: Option<Client>,
+}
+
+impl Postgres {
+    async fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.is_none() {
+            let client = (self.connect)()
+                .await
+                .map_err(|e| SinkError::Retryable(format!("connecting: {e:#}")))?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Drops the connection unless `error` leaves it usable (a rolled-back statement does).
+    fn after(&mut self, error: &SinkError) {
+        if !matches!(error, SinkError::Refused(_) | SinkError::Conflict) {
+            self.client = None;
+        }
+    }
+}
+
+impl Pipeline {
+    /// Runs until `shutdown` is cancelled (returns `Ok`) or a sink fails fatally (returns `Err`).
+    /// A batch interrupted by shutdown is abandoned uncommitted and will be consumed again.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut postgres = Postgres {
+            connect: self.pg_connect.clone(),
+            client: None,
+        };
+        // The offsets of the last batch whose Kafka transaction committed: their decisions are
+        // forgotten with the next batch's PostgreSQL transaction.
+        let mut confirmed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut watch = RegressionWatch::new(self.regression, &self.transformer.identity().sha256);
+        while let Some((batch, group)) = collect(&self.consumer, &self.settings, &shutdown).await? {
+            self.progress.batch_started();
+            let committed = self
+                .process(
+                    &batch,
+                    &group,
+                    &mut postgres,
+                    &mut confirmed,
+                    &mut watch,
+                    &shutdown,
+                )
+                .await?;
+            if !committed {
+                return Ok(());
+            }
+            self.progress.batch_committed();
+        }
+        Ok(())
+    }
+
+    /// Decides, stores and delivers one batch. `false` when shutdown interrupted it.
+    async fn process(
+        &mut self,
+        batch: &Batch,
+        group: &ConsumerGroupMetadata,
+        postgres: &mut Postgres,
+        confirmed: &mut BTreeMap<i32, i64>,
+        watch: &mut RegressionWatch,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let collected = Instant::now();
+        let mut backoff = Backoff::new(&self.settings);
+        loop {
+            // Decide: what an earlier attempt stored is recalled, the rest goes to the guest.
+            let recalled = match recall(postgres, &self.input_topic, batch).await {
+                Ok(recalled) => recalled,
+                Err(error) => {
+                    if !self
+                        .retry("postgres", &error, &mut backoff, shutdown)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    postgres.after(&error);
+                    continue;
+                }
+            };
+            let fresh: Cow<'_, [InputEvent]> = if recalled.is_empty() {
+                Cow::Borrowed(&batch.events)
+            } else {
+                Cow::Owned(
+                    batch
+                        .events
+                        .iter()
+                        .zip(&batch.positions)
+                        .filter(|(_, position)| !recalled.contains_key(position))
+                        .map(|(event, _)| event.clone())
+                        .collect(),
+                )
+            };
+            let now = self.clock.now_epoch_seconds();
+            let transformer = &mut self.transformer;
+            let outcomes =
+                tokio::task::block_in_place(|| transformer.transform_batch(now, &fresh))?;
+            let guest = self.transformer.identity().clone();
+            let plan = plan::plan(
+                &batch.events,
+                &batch.positions,
+                &recalled,
+                &outcomes,
+                &guest,
+                self.settings.limits,
+            );
+            let decided = Instant::now();
+
+            // Store: the new decisions are taken for good.
+            let candidates: Vec<&Candidate<'_>> = plan.candidates().collect();
+            let stored = match postgres.client().await {
+                Ok(client) => {
+                    store(
+                        client,
+                        &self.input_topic,
+                        &candidates,
+                        &guest,
+                        now,
+                        confirmed,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            let written = match stored {
+                Ok(written) => written,
+                Err(SinkError::Conflict) => {
+                    tracing::info!("another attempt decided records of this batch; recalling");
+                    continue;
+                }
+                Err(error) => {
+                    if !self
+                        .retry("postgres", &error, &mut backoff, shutdown)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    postgres.after(&error);
+                    continue;
+                }
+            };
+            confirmed.clear();
+            let stored_at = Instant::now();
+            crate::crash_point!("between-commits");
+
+            // Deliver: every decision of the batch, as decided.
+            let decisions = merge(&plan, written.decisions);
+            if !self
+                .deliver(&decisions, &plan.next_offsets, group, shutdown)
+                .await?
+            {
+                return Ok(false);
+            }
+            crate::crash_point!("after-kafka-commit");
+            *confirmed = plan.next_offsets.clone();
+            let times = StageTimes {
+                collected,
+                decided,
+                stored: stored_at,
+                delivered: Instant::now(),
+            };
+            self.account(
+                batch,
+                &plan,
+                &decisions,
+                written.rows_inserted,
+                &guest,
+                watch,
+                times,
+            )
+            .await;
+            return Ok(true);
+        }
+    }
+
+    /// Sends the decisions in one Kafka transaction, retrying until it commits. `false` when
+    /// shutdown interrupted it.
+    async fn deliver(
+        &mut self,
+        decisions: &[Decision<'_>],
+        next_offsets: &BTreeMap<i32, i64>,
+        group: &ConsumerGroupMetadata,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let mut backoff = Backoff::new(&self.settings);
+        loop {
+            match self.kafka.write(decisions, next_offsets, group) {
+                Ok(()) => return Ok(true),
+                // A fatal producer (fenced: another instance took over the transactional id, or
+                // the coordinator aborted a transaction that outlived `transaction.timeout.ms`) or
+                // a lost group membership is not recovered here but ends the service, for its
+                // supervisor to restart it: the new producer's `init_transactions` settles the old
+                // transaction, the restarted consumer reads from the committed offsets, and every
+                // decision stored meanwhile is recalled and sent as stored (see `service::run`).
+                // Broker restarts and outages do not come here: timeouts and abortable errors are
+                // retried, resuming the pending commit or abort (see `KafkaSink::write`).
+                Err(error) => {
+                    if !self.retry("kafka", &error, &mut backoff, shutdown).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs and counts a failed attempt and waits before the next: `Ok(false)` when shutdown
+    /// was requested meanwhile, `Err` when the error cannot be retried.
+    async fn retry(
+        &mut self,
+        sink: &'static str,
+        error: &SinkError,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let message = match error {
+            SinkError::Retryable(message) => message,
+            SinkError::Fatal(message) => anyhow::bail!("{sink} sink: {message}"),
+            SinkError::Refused(message) => {
+                anyhow::bail!("{sink} sink refused data it should have been spared: {message}")
+            }
+            SinkError::Conflict => anyhow::bail!("{sink} sink: unexpected conflict"),
+        };
+        tracing::warn!(sink, error = %message, "write failed; retrying");
+        self.metrics.count_sink_retry(sink);
+        self.progress.failed(&format!("{sink}: {message}"));
+        Ok(backoff.wait(shutdown).await)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn account(
+        &mut self,
+        batch: &Batch,
+        plan: &Plan<'_>,
+        decisions: &[Decision<'_>],
+        rows_inserted: u64,
+        guest: &GuestIdentity,
+        watch: &mut RegressionWatch,
+        times: StageTimes,
+    ) {
+        let mut decided_now = 0u64;
+        let (mut rejected, mut expired, mut not_yet_started, mut candidates_delivered) =
+            (0u64, 0u64, 0u64, 0u64);
+        for record in &plan.records {
+            if let Planned::New(candidate) = record {
+                decided_now += 1;
+                match &candidate.verdict {
+                    Verdict::Deliver(deliveries) => candidates_delivered += deliveries.len() as u64,
+                    Verdict::Skip(guest_transform::SkipReason::Expired) => expired += 1,
+                    Verdict::Skip(guest_transform::SkipReason::NotYetStarted) => {
+                        not_yet_started += 1
+                    }
+                    Verdict::DeadLetter(_) => rejected += 1,
+                }
+            }
+        }
+        let verdict = watch.record(times.delivered, &guest.sha256, decided_now, rejected);
+        if let RegressionVerdict::RollBack {
+            previous_share,
+            new_share,
+        } = verdict
+        {
+            let trigger = format!(
+                "automatic: the new guest rejected {:.0}% of its events, its predecessor {:.0}%",
+                new_share * 100.0,
+                previous_share * 100.0
+            );
+            // Logged and counted by the reloader; the next batch uses the restored guest.
+            let _ = self.reloader.rollback(&trigger).await;
+        }
+
+        let outputs: usize = decisions.iter().map(|d| d.messages.len()).sum();
+        let dead_letters = decisions.iter().filter(|d| d.dead_letter.is_some()).count();
+        let metrics = &self.metrics;
+        metrics.events_in.inc_by(batch.events.len() as u64);
+        metrics.outputs.inc_by(outputs as u64);
+        metrics.rows_inserted.inc_by(rows_inserted);
+        metrics
+            .duplicates_suppressed
+            .inc_by(candidates_delivered.saturating_sub(rows_inserted));
+        metrics.skipped_expired.inc_by(expired);
+        metrics.skipped_not_yet_started.inc_by(not_yet_started);
+        metrics.dead_lettered.inc_by(dead_letters as u64);
+        metrics.batch_size.observe(batch.events.len() as f64);
+        let latency = batch.first_received.elapsed().as_secs_f64();
+        metrics.batch_seconds.observe(latency);
+        tracing::debug!(
+            events = batch.events.len(),
+            recalled = batch.events.len() as u64 - decided_now,
+            outputs,
+            dead_letters,
+            seconds = latency,
+            collect_seconds = (times.collected - batch.first_received).as_secs_f64(),
+            decide_seconds = (times.decided - times.collected).as_secs_f64(),
+            postgres_seconds = (times.stored - times.decided).as_secs_f64(),
+            kafka_seconds = (times.delivered - times.stored).as_secs_f64(),
+            guest = %guest.version,
+            "batch committed"
+        );
+    }
+}
+
+/// The decisions stored for records of `batch` by earlier attempts.
+async fn recall(
+    postgres: &mut Postgres,
+    topic: &str,
+    batch: &Batch,
+) -> Result<HashMap<Position, plan::StoredDecision>, SinkError> {
+    let client = postgres.client().await?;
+    let stored = postgres::recall(client, topic, &batch.ranges()).await?;
+    let in_batch: std::collections::HashSet<&Position> = batch.positions.iter().collect();
+    Ok(stored
+        .into_iter()
+        .filter(|decision| in_batch.contains(&decision.source))
+        .map(|decision| (decision.source, decision))
+        .collect())
+}
+
+/// Stores the candidates' decisions; when the database refuses the data of one of them, splits
+/// the candidates in halves until that one stands alone, and stores it dead-lettered with the
+/// database's reason. The others are stored normally, in transactions of their own.
+fn store<'a, 'b>(
+    client: &'b mut Client,
+    topic: &'b str,
+    candidates: &'b [&'b Candidate<'a>],
+    guest: &'a GuestIdentity,
+    now: i64,
+    confirmed: &'b BTreeMap<i32, i64>,
+) -> BoxFuture<'b, Result<Written<'a>, SinkError>>
+where
+    'a: 'b,
+{
+    Box::pin(async move {
+        let refused = match postgres::write(client, topic, candidates, guest, now, confirmed).await
+        {
+            Err(SinkError::Refused(reason)) => reason,
+            other => return other,
+        };
+        if let [candidate] = candidates {
+            if candidate.deliveries().is_empty() {
+                return Err(SinkError::Fatal(format!(
+                    "PostgreSQL refused a decision that writes no rows: {refused}"
+                )));
+            }
+            let source = candidate.source;
+            tracing::warn!(
+                partition = source.partition,
+                offset = source.offset,
+                reason = %refused,
+                "PostgreSQL refused an event's rows; dead-lettering the event"
+            );
+            let isolated =
+                candidate.dead_lettered(format!("PostgreSQL refused the event's rows: {refused}"));
+            return postgres::write(client, topic, &[&isolated], guest, now, confirmed).await;
+        }
+        let (left, right) = candidates.split_at(candidates.len() / 2);
+        let mut written = store(client, topic, left, guest, now, confirmed).await?;
+        let rest = store(client, topic, right, guest, now, confirmed).await?;
+        written.decisions.extend(rest.decisions);
+        written.rows_inserted += rest.rows_inserted;
+        Ok(written)
+    })
+}
+
+/// Every decision of the batch in batch order: recalled ones as they were stored, new ones as
+/// the store stage took them.
+fn merge<'a>(plan: &Plan<'a>, stored: Vec<Decision<'a>>) -> Vec<Decision<'a>> {
+    let mut stored = stored.into_iter();
+    let merged: Vec<Decision<'a>> = plan
+        .records
+        .iter()
+        .map(|record| match record {
+            Planned::Recalled(decision) => decision.clone(),
+            Planned::New(_) => stored.next().expect("one decision per candidate"),
+        })
+        .collect();
+    assert!(stored.next().is_none(), "one decision per candidate");
+    merged
+}
+
+/// Collects up to `batch_max_events` records, waiting at most `batch_linger` after the first,
+/// and the group metadata to commit them with. `None` when shutdown was requested.
 ///
-/// Consumer errors are logged and consumption goes on (librdkafka reconnects by itself, e.g. while
-/// a broker restarts), except fatal ones, which end the pipeline: the consumer will never deliver
-/// again. One is a static member fenced by its own earlier session after that session timed out
-/// during a Kafka outage longer than `session.timeout.ms` (librdkafka issue #3437). Nothing of the
-/// batch being collected was written yet, so the restarted service consumes it again from the
+/// Records of partitions revoked meanwhile are dropped (see [`rebalance`]). Consumer errors are
+/// logged and consumption goes on (librdkafka reconnects by itself, e.g. while a broker
+/// restarts), except fatal ones, which end the pipeline: the consumer will never deliver again.
+/// One is a static member fenced by its own earlier session after that session timed out during
+/// a Kafka outage longer than `session.timeout.ms` (librdkafka issue #3437). Nothing of the batch
+/// being collected was written yet, so the restarted service consumes it again from the
 /// committed offsets.
-async fn next_batch(
-    consumer: &StreamConsumer,
+async fn collect(
+    consumer: &GroupConsumer,
     settings: &Settings,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Batch>> {
+) -> anyhow::Result<Option<(Batch, ConsumerGroupMetadata)>> {
     let mut batch = Batch {
         events: Vec::new(),
         positions: Vec::new(),
         first_received: Instant::now(),
     };
     let mut deadline = None;
-    while batch.events.len() < settings.batch_max_events {
+    loop {
+        if batch.events.len() >= settings.batch_max_events {
+            break;
+        }
         let received = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(None),
-            _ = sleep_until(deadline) => break,
-            received = consumer.recv() => received,
+            _ = sleep_until(deadline) => None,
+            received = consumer.recv() => Some(received),
+        };
+        let revoked = consumer.context().take_revoked();
+        if revoked != rebalance::Revoked::Nothing {
+            let before = batch.events.len();
+            batch.retain_partitions(|partition| !revoked.contains(partition));
+            if batch.events.is_empty() {
+                deadline = None;
+            }
+            if batch.events.len() < before {
+                tracing::info!(
+                    dropped = before - batch.events.len(),
+                    "records of revoked partitions dropped from the batch"
+                );
+            }
+        }
+        let Some(received) = received else {
+            if batch.events.is_empty() {
+                deadline = None;
+                continue;
+            }
+            break;
         };
         match received {
-            Ok(message) => {
-                if deadline.is_none() {
+            Ok(message) if !revoked.contains(message.partition()) => {
+                if batch.events.is_empty() {
                     batch.first_received = Instant::now();
                     deadline = Some(tokio::time::Instant::now() + settings.batch_linger);
                 }
@@ -266,13 +567,17 @@ async fn next_batch(
                     offset: message.offset(),
                 });
             }
+            Ok(_) => {}
             Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
                 anyhow::bail!("Kafka consumer: {error}")
             }
             Err(error) => tracing::warn!(%error, "consumer error"),
         }
     }
-    Ok(Some(batch))
+    let group = consumer
+        .group_metadata()
+        .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
+    Ok(Some((batch, group)))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -8,24 +8,16 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::SinkError;
 use crate::guest::GuestIdentity;
-use crate::pipeline::plan::Plan;
+use crate::plan::Decision;
 
-/// Header names on output and dead-letter messages.
-pub mod headers {
-    pub const GUEST_VERSION: &str = "campaign-push-guest-version";
-    pub const GUEST_SHA256: &str = "campaign-push-guest-sha256";
-    pub const REASON: &str = "campaign-push-dead-letter-reason";
-    pub const SOURCE_TOPIC: &str = "campaign-push-source-topic";
-    pub const SOURCE_PARTITION: &str = "campaign-push-source-partition";
-    pub const SOURCE_OFFSET: &str = "campaign-push-source-offset";
-}
+pub use crate::records::headers;
 
 /// How long one `poll` serves delivery reports while the sink waits for them (the rdkafka crate's
 /// `poll` always runs to its deadline, so this is also the granularity of the wait).
@@ -44,6 +36,9 @@ pub struct KafkaSink {
     producer: BaseProducer,
     topics: Topics,
     timeout: Duration,
+    /// The producer's `message.max.bytes`: a dead letter whose value would exceed it is sent
+    /// without the value (see [`headers::VALUE_OMITTED`]).
+    max_message_bytes: usize,
     pending: Pending,
 }
 
@@ -74,6 +69,7 @@ impl KafkaSink {
         transactional_id: &str,
         topics: Topics,
         timeout: Duration,
+        max_message_bytes: usize,
     ) -> Result<Self, SinkError> {
         config
             .set("transactional.id", transactional_id)
@@ -88,21 +84,21 @@ impl KafkaSink {
             producer,
             topics,
             timeout,
+            max_message_bytes,
             pending: Pending::Nothing,
         })
     }
 
-    /// Sends `to_send` deliveries of `plan` and all its dead letters, and commits the consumed
-    /// offsets, atomically. After a retryable error the caller repeats the call with the same
+    /// Sends what `decisions` hold (messages and dead letters, each with the headers of the guest
+    /// that decided it) and commits `next_offsets` for the consumer group, atomically. After a retryable error the caller repeats the call with the same
     /// arguments (the pipeline retries a batch until it is written): the repeat first finishes
     /// what the failed call left pending (see [`Pending`]), resuming a commit whose outcome is not
     /// known instead of sending the batch again, and aborting a failed transaction before the
     /// batch goes into a new one.
     pub fn write(
         &mut self,
-        plan: &Plan<'_>,
-        to_send: &[usize],
-        guest: &GuestIdentity,
+        decisions: &[Decision<'_>],
+        next_offsets: &BTreeMap<i32, i64>,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         tokio::task::block_in_place(|| {
@@ -116,15 +112,15 @@ impl KafkaSink {
                 .begin_transaction()
                 .map_err(|e| classify("beginning a transaction", e))?;
             self.pending = Pending::Abort;
-            if let Err(error) = self.send_all(plan, to_send, guest, group) {
-                if let SinkError::Retryable(_) = error {
-                    // Now rather than at the next call, so that the retry starts from a clean
-                    // producer; if the abort cannot finish yet, the next call resumes it.
-                    let _ = self.abort();
-                }
+            if let Err(error) = self.send_all(decisions, next_offsets, group) {
+                // Now rather than at the next call, so that a retry starts from a clean producer
+                // (if the abort cannot finish yet, the next call resumes it), and so that nothing
+                // of a batch this host must give up lingers until the transaction times out.
+                let _ = self.abort();
                 return Err(error);
             }
             self.await_deliveries()?;
+            crate::crash_point!("before-kafka-commit");
             self.pending = Pending::Commit;
             self.commit()
         })
@@ -167,6 +163,12 @@ impl KafkaSink {
             Err(error @ KafkaError::Flush(_)) => {
                 Err(SinkError::Retryable(format!("{what}: {error}")))
             }
+            // Aborted first, so that nothing of the batch lingers until the transaction times out.
+            Err(error) if group_lost(&error) => {
+                self.pending = Pending::Abort;
+                let _ = self.abort();
+                Err(classify(what, error))
+            }
             Err(KafkaError::Transaction(error)) if error.is_fatal() => {
                 Err(SinkError::Fatal(format!("{what}: {error}")))
             }
@@ -204,63 +206,87 @@ impl KafkaSink {
     /// Everything of the batch into the open transaction, but not the commit.
     fn send_all(
         &self,
-        plan: &Plan<'_>,
-        to_send: &[usize],
-        guest: &GuestIdentity,
+        decisions: &[Decision<'_>],
+        next_offsets: &BTreeMap<i32, i64>,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
-        // Dead letters carry them too: a guest's rejections (or a regressed guest's, after its
-        // rollback) can be found and replayed by version.
-        let guest_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::GUEST_VERSION,
-                value: Some(guest.version.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::GUEST_SHA256,
-                value: Some(guest.sha256.as_bytes()),
-            });
-        for &index in to_send {
-            let message = plan.deliveries[index].message;
-            let record = BaseRecord::to(&self.topics.output)
-                .key(message.key)
-                .payload(message.value)
-                .headers(guest_headers.clone());
-            self.enqueue(record)?;
-        }
-        for dead in &plan.dead_letters {
-            let partition = dead.source.partition.to_string();
-            let offset = dead.source.offset.to_string();
-            let headers = guest_headers
-                .clone()
-                .insert(Header {
-                    key: headers::REASON,
-                    value: Some(dead.reason.as_bytes()),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_TOPIC,
-                    value: Some(self.topics.input.as_bytes()),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_PARTITION,
-                    value: Some(partition.as_bytes()),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_OFFSET,
-                    value: Some(offset.as_bytes()),
-                });
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topics.dead_letter)
-                .payload(dead.value)
-                .headers(headers);
-            if let Some(key) = dead.key {
-                record = record.key(key);
+        let mut guest_headers = GuestHeaders::default();
+        for decision in decisions {
+            // Dead letters carry them too: a guest's rejections (or a regressed guest's, after
+            // its rollback) can be found and replayed by version.
+            let headers = guest_headers.for_guest(decision.guest);
+            for message in &decision.messages {
+                let record = BaseRecord::to(&self.topics.output)
+                    .key(message.key)
+                    .payload(message.value)
+                    .headers(headers.clone());
+                self.enqueue(record)?;
             }
-            self.enqueue(record)?;
+            if let Some(reason) = &decision.dead_letter {
+                self.enqueue_dead_letter(decision, reason, headers.clone())?;
+            }
         }
-        let offsets = offsets_list(&self.topics.input, &plan.next_offsets)?;
+        let offsets = offsets_list(&self.topics.input, next_offsets)?;
         self.producer
             .send_offsets_to_transaction(&offsets, group, self.timeout)
             .map_err(|e| classify("committing offsets in the transaction", e))
+    }
+
+    /// The input record, unchanged, with its reason and source. A value that would not fit in a
+    /// message is left out (the record stays in the input topic, named by the headers).
+    fn enqueue_dead_letter(
+        &self,
+        decision: &Decision<'_>,
+        reason: &str,
+        guest_headers: OwnedHeaders,
+    ) -> Result<(), SinkError> {
+        let input = decision.input;
+        let partition = decision.source.partition.to_string();
+        let offset = decision.source.offset.to_string();
+        let mut headers = guest_headers
+            .insert(Header {
+                key: headers::REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_TOPIC,
+                value: Some(self.topics.input.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_PARTITION,
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_OFFSET,
+                value: Some(offset.as_bytes()),
+            });
+        let header_bytes: usize = headers
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum();
+        let key_bytes = input.key.as_ref().map_or(0, Vec::len);
+        let omitted = key_bytes + input.value.len() + header_bytes + 64 > self.max_message_bytes;
+        let omitted_note = format!(
+            "the value ({} bytes) does not fit in a message (message.max.bytes {}): read it from \
+             the source topic at the partition and offset named here",
+            input.value.len(),
+            self.max_message_bytes
+        );
+        if omitted {
+            headers = headers.insert(Header {
+                key: headers::VALUE_OMITTED,
+                value: Some(omitted_note.as_bytes()),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.topics.dead_letter).headers(headers);
+        if !omitted {
+            record = record.payload(&input.value);
+        }
+        if let Some(key) = &input.key {
+            record = record.key(key);
+        }
+        self.enqueue(record)
     }
 
     /// Enqueues a record, waiting for room when librdkafka's queue is full.
@@ -299,9 +325,15 @@ fn fatal(what: &str, error: KafkaError) -> SinkError {
     SinkError::Fatal(format!("{what}: {error}"))
 }
 
-/// Fatal transactional errors (e.g. a fenced producer) end the service; everything else, including
-/// errors that require an abort, is retried.
+/// Fatal transactional errors (e.g. a fenced producer) and a lost group membership end the
+/// service; everything else, including errors that require an abort, is retried.
 fn classify(what: &str, error: KafkaError) -> SinkError {
+    if group_lost(&error) {
+        return SinkError::Fatal(format!(
+            "{what}: {error}: the consumer group has moved on without this host (its \
+             partitions may be another host's now), so it must not commit; a restart rejoins"
+        ));
+    }
     let is_fatal = match &error {
         KafkaError::Transaction(rd) => rd.is_fatal(),
         _ => false,
@@ -310,5 +342,51 @@ fn classify(what: &str, error: KafkaError) -> SinkError {
         fatal(what, error)
     } else {
         SinkError::Retryable(format!("{what}: {error}"))
+    }
+}
+
+/// The broker refused the batch's offsets because this member's generation is over: retrying
+/// with the same group metadata can never succeed.
+fn group_lost(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::Transaction(rd) => rd.code(),
+        other => match other.rdkafka_error_code() {
+            Some(code) => code,
+            None => return false,
+        },
+    };
+    matches!(
+        code,
+        RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::FencedInstanceId
+    )
+}
+
+/// The guest headers of the batch's messages, built once per guest.
+#[derive(Default)]
+struct GuestHeaders {
+    current: Option<(String, OwnedHeaders)>,
+}
+
+impl GuestHeaders {
+    fn for_guest(&mut self, guest: &GuestIdentity) -> &OwnedHeaders {
+        let stale = self
+            .current
+            .as_ref()
+            .is_none_or(|(sha256, _)| *sha256 != guest.sha256);
+        if stale {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::GUEST_VERSION,
+                    value: Some(guest.version.as_bytes()),
+                })
+                .insert(Header {
+                    key: headers::GUEST_SHA256,
+                    value: Some(guest.sha256.as_bytes()),
+                });
+            self.current = Some((guest.sha256.clone(), headers));
+        }
+        &self.current.as_ref().expect("set above").1
     }
 }
