@@ -3,6 +3,8 @@
 //! once in PostgreSQL and exactly once in the output topic read with `read_committed`, and re-sent
 //! events added nothing.
 //!
+//! Batches are cut by outputs, so events are delivered in parts as well as whole.
+//!
 //! The cycles take turns: four of five crash the service at a step of the delivery protocol (the
 //! test-only crash points of `host/src/failpoint.rs`, each after a random number of batches), the
 //! fifth kills it with SIGKILL at a random moment. The test reports how many crashes landed at
@@ -59,7 +61,12 @@ fn killed_at_random_moments_the_service_delivers_every_pair_exactly_once() {
     let restaurants = &subscriptions.restaurants;
 
     let deployment = Deployment::new(&env, "crash");
-    let overrides = [("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS", "40")];
+    // 40 events of 10 clients would be 400 outputs: a budget of 128 cuts fan-outs into parts,
+    // which the crashes then interrupt too.
+    let overrides = [
+        ("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS", "40"),
+        ("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_OUTPUTS", "128"),
+    ];
     let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
     let mut sent_events: Vec<String> = Vec::new();
     let mut crashes: std::collections::BTreeMap<&str, usize> = Default::default();

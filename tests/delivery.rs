@@ -305,3 +305,163 @@ fn data_a_sink_refuses_is_dead_lettered_with_its_reason_and_the_stream_goes_on()
         assert!(rows_of(&env, &format!("{run_id}-{label}")).is_empty());
     }
 }
+
+/// Runs the service until it stops at the crash point `failpoint` names, and checks it did.
+fn crash_at(deployment: &Deployment, env: &StackEnv, overrides: &[(&str, &str)], failpoint: &str) {
+    let mut with_crash = overrides.to_vec();
+    with_crash.push(("FAILPOINTS", failpoint));
+    let service = deployment.spawn_with(env, &with_crash);
+    let status = service.wait_exit(DEADLINE);
+    let point = failpoint.split('=').next().unwrap();
+    assert!(
+        !status.success()
+            && service
+                .log_text()
+                .contains(&format!("failpoint {point}: aborting")),
+        "the service must stop at {point}: {status}\n{}",
+        service.log_text()
+    );
+}
+
+#[test]
+fn a_fan_out_larger_than_a_batch_is_delivered_in_parts_exactly_once_across_crashes() {
+    let env = StackEnv::load();
+    let run_id = unique_name("parts");
+    let subscriptions = Subscriptions::insert(&env, &run_id, 2, 25);
+    let (r0, r1) = (&subscriptions.restaurants[0], &subscriptions.restaurants[1]);
+    let deployment = Deployment::new(&env, "parts");
+    // 75 outputs in batches of at most 10: every event is delivered in parts, and the events
+    // after a part in its partition wait for the part's last.
+    let overrides = [("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_OUTPUTS", "10")];
+    let (a, b, c) = (
+        format!("{run_id}-a"),
+        format!("{run_id}-b"),
+        format!("{run_id}-c"),
+    );
+    deployment.produce(&[
+        (0, None, campaign_event(&a, r0, "first").as_bytes()),
+        (0, None, campaign_event(&b, r1, "second").as_bytes()),
+        (1, None, campaign_event(&c, r1, "third").as_bytes()),
+    ]);
+
+    // A part stored but not delivered (it is sent as stored), then parts delivered but not yet
+    // forgotten (they are not sent again), then to the end.
+    crash_at(
+        &deployment,
+        &env,
+        &overrides,
+        "between-commits=2*off->return",
+    );
+    crash_at(
+        &deployment,
+        &env,
+        &overrides,
+        "after-kafka-commit=1*off->return",
+    );
+    let service = deployment.start_with(&env, &overrides);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
+
+    let mut expected = std::collections::BTreeSet::new();
+    for (campaign, restaurant) in [(&a, r0), (&b, r1), (&c, r1)] {
+        expected.extend(subscriptions.pairs(campaign, restaurant));
+    }
+    deployment.assert_exactly_once(&env, &format!("{run_id}-"), &expected, "parts");
+    let messages = deployment.read_all(&deployment.output.name);
+    for campaign in [&a, &b, &c] {
+        let rows = rows_of(&env, campaign);
+        let of_campaign: Vec<Record> = messages
+            .iter()
+            .filter(|m| m.json()["adv_campaign_id"] == campaign.as_str())
+            .cloned()
+            .collect();
+        assert_messages_equal_rows(&of_campaign, &rows);
+        // Every part at the first part's `now`: one campaign, one trigger time.
+        let triggers: std::collections::BTreeSet<String> = rows
+            .values()
+            .map(|row| row["trigger_datetime_created"].to_string())
+            .collect();
+        assert_eq!(triggers.len(), 1, "{campaign}: {triggers:?}");
+    }
+    // Once complete, no part of them stays stored: a start forgets what Kafka has committed.
+    drop(service);
+    let restarted = deployment.start_with(&env, &overrides);
+    let stored = format!(
+        "SELECT count(*) FROM campaign_push_decisions WHERE source_topic = '{}'",
+        deployment.input.name
+    );
+    let finished = run(&mut psql(&env, "", &stored), None);
+    finished.assert_success();
+    assert_eq!(finished.stdout_text().trim(), "0", "parts not forgotten");
+    drop(restarted);
+}
+
+/// The number of ledger pairs of `campaign`, and whether the ledger still knows its end.
+fn ledger_of(env: &StackEnv, campaign: &str) -> (u64, bool) {
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM campaign_push_deliveries WHERE adv_campaign_id = '{campaign}'), \
+         EXISTS (SELECT 1 FROM campaign_push_campaigns WHERE adv_campaign_id = '{campaign}')"
+    );
+    let finished = run(&mut psql(env, "", &sql), None);
+    finished.assert_success();
+    let stdout = finished.stdout_text();
+    let (pairs, known) = stdout.trim().split_once('|').unwrap();
+    (pairs.parse().unwrap(), known == "t")
+}
+
+#[test]
+fn the_ledger_forgets_a_campaign_its_retention_after_its_end() {
+    let env = StackEnv::load();
+    let run_id = unique_name("retention");
+    let subscriptions = Subscriptions::insert(&env, &run_id, 1, 3);
+    let restaurant = &subscriptions.restaurants[0];
+    let deployment = Deployment::new(&env, "retention");
+    let service = deployment.start_with(
+        &env,
+        &[
+            ("CAMPAIGN_PUSH__LEDGER__RETENTION", "1s"),
+            ("CAMPAIGN_PUSH__LEDGER__PURGE_INTERVAL", "1s"),
+        ],
+    );
+    let (ending, lasting) = (format!("{run_id}-ending"), format!("{run_id}-lasting"));
+    let end = epoch_now() + 5;
+    let ending_event = campaign_event(&ending, restaurant, "today only").replace(
+        "\"adv_campaign_datetime_end\":2659207116",
+        &format!("\"adv_campaign_datetime_end\":{end}"),
+    );
+    deployment.produce(&[
+        (0, None, ending_event.as_bytes()),
+        (
+            0,
+            None,
+            campaign_event(&lasting, restaurant, "for years").as_bytes(),
+        ),
+    ]);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
+    assert_eq!(rows_of(&env, &ending).len(), 3, "delivered before its end");
+    assert_eq!(ledger_of(&env, &lasting), (3, true));
+
+    poll_until("the ended campaign's pairs are deleted", DEADLINE, || {
+        service.assert_running();
+        (ledger_of(&env, &ending) == (0, false)).then_some(())
+    });
+    assert!(
+        epoch_now() > end + 1,
+        "not before the retention after the end"
+    );
+    assert_eq!(
+        ledger_of(&env, &lasting),
+        (3, true),
+        "a running campaign is kept"
+    );
+    assert_eq!(
+        rows_of(&env, &ending).len(),
+        3,
+        "feedback rows are the users', kept"
+    );
+    assert!(
+        service
+            .metric("campaign_push_ledger_pairs_purged_total")
+            .unwrap()
+            >= 3.0
+    );
+}

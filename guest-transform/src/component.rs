@@ -20,7 +20,9 @@ pub use bindings::campaign_push::transform::types;
 pub use bindings::exports::campaign_push::transform::transform::Guest;
 
 use crate::prelude::*;
-use crate::{EventOutcome, PackedStrings, SkipReason, SubscriberLookup};
+use crate::{
+    Budget, EventInput, EventOutcome, PackedStrings, Resume, SkipReason, SubscriberLookup,
+};
 
 /// The transform as this crate defines it.
 pub struct Component;
@@ -36,9 +38,20 @@ impl Guest for Component {
     fn transform_batch(
         now: i64,
         events: Vec<types::InputEvent>,
+        budget: types::Budget,
     ) -> Result<Vec<types::EventOutcome>, types::BatchError> {
-        let values = events.iter().map(|event| event.value.as_slice());
-        match crate::transform_batch(now, values, &mut HostSubscribers) {
+        let inputs = events.iter().map(|event| EventInput {
+            value: &event.value,
+            resume: event.resume.as_ref().map(|resume| Resume {
+                after: &resume.after,
+                now: resume.now,
+            }),
+        });
+        let budget = Budget {
+            outputs: budget.outputs,
+            bytes: budget.bytes,
+        };
+        match crate::transform_batch(now, inputs, budget, &mut HostSubscribers) {
             Ok(outcomes) => Ok(outcomes.into_iter().map(to_wit_outcome).collect()),
             Err(crate::BatchError::NowOutOfRange(now)) => {
                 Err(types::BatchError::NowOutOfRange(now))
@@ -50,8 +63,13 @@ impl Guest for Component {
 struct HostSubscribers;
 
 impl SubscriberLookup for HostSubscribers {
-    fn subscribers_of(&mut self, restaurant_id: &str) -> PackedStrings {
-        let packed = subscribers::subscribers_of(restaurant_id);
+    fn subscribers_of(
+        &mut self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PackedStrings {
+        let packed = subscribers::subscribers_of(restaurant_id, after, limit);
         PackedStrings {
             data: packed.data,
             ends: packed.ends,
@@ -75,6 +93,7 @@ fn to_wit_outcome(outcome: EventOutcome) -> types::EventOutcome {
             trigger_datetime_created: fan_out.trigger_datetime_created,
             client_ids: to_wit_packed(fan_out.client_ids),
             messages: to_wit_packed(fan_out.messages),
+            continue_after: fan_out.continue_after,
         }),
         EventOutcome::Skipped(SkipReason::Expired) => {
             types::EventOutcome::Skipped(types::SkipReason::Expired)
@@ -83,6 +102,7 @@ fn to_wit_outcome(outcome: EventOutcome) -> types::EventOutcome {
             types::EventOutcome::Skipped(types::SkipReason::NotYetStarted)
         }
         EventOutcome::Rejected(rejection) => types::EventOutcome::Rejected(rejection.to_string()),
+        EventOutcome::Deferred => types::EventOutcome::Deferred,
     }
 }
 

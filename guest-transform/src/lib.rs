@@ -87,7 +87,8 @@ pub use component::bindings::export_transform;
 pub use event::{BadEvent, Campaign, MAX_ID_BYTES};
 pub use packed::PackedStrings;
 pub use transform::{
-    BatchError, EventOutcome, FanOut, Rejection, SkipReason, SubscriberLookup, transform_batch,
+    BatchError, Budget, EventInput, EventOutcome, FanOut, LOOKUP_CHUNK, Rejection, Resume,
+    SkipReason, SubscriberLookup, transform_batch,
 };
 
 /// The version this guest reports to the host, which tags every output with it.

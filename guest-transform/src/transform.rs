@@ -8,19 +8,71 @@ use crate::packed::PackedStrings;
 
 /// The host's subscriber table, seen from the transform.
 pub trait SubscriberLookup {
-    /// Client ids subscribed to `restaurant_id`, possibly with duplicates.
-    fn subscribers_of(&mut self, restaurant_id: &str) -> PackedStrings;
+    /// Up to `limit` client ids subscribed to `restaurant_id`, in ascending byte order, starting
+    /// after `after` (exclusive) when given. Duplicates (several rows for one client) come back
+    /// next to each other. Fewer than `limit` means there are no more.
+    fn subscribers_of(
+        &mut self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PackedStrings;
 }
 
-/// The output of one valid, active event.
+/// How much output one call may produce; see `budget` in `wit/transform.wit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Messages.
+    pub outputs: u32,
+    /// Client id and message bytes.
+    pub bytes: u64,
+}
+
+impl Budget {
+    pub const UNLIMITED: Budget = Budget {
+        outputs: u32::MAX,
+        bytes: u64::MAX,
+    };
+}
+
+/// Where a fan-out cut short by an earlier call goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume<'a> {
+    /// The last client the earlier part reached.
+    pub after: &'a str,
+    /// The `now` the event was first decided at.
+    pub now: i64,
+}
+
+/// One event of a batch: its bytes, and where its fan-out resumes, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventInput<'a> {
+    pub value: &'a [u8],
+    pub resume: Option<Resume<'a>>,
+}
+
+impl<'a> EventInput<'a> {
+    /// An event seen for the first time.
+    pub fn new(value: &'a [u8]) -> Self {
+        Self {
+            value,
+            resume: None,
+        }
+    }
+}
+
+/// The output of one valid, active event (or of one part of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FanOut {
     pub campaign: Campaign,
     pub trigger_datetime_created: i32,
-    /// Distinct client ids, in lookup order; also the Kafka keys.
+    /// Distinct client ids, in the subscribers' order; also the Kafka keys.
     pub client_ids: PackedStrings,
     /// One JSON message per client id, same order.
     pub messages: PackedStrings,
+    /// The last client reached, when the budget ended the fan-out before the restaurant's last
+    /// subscriber.
+    pub continue_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +82,15 @@ pub enum SkipReason {
 }
 
 /// What one input event became.
+// Most outcomes are fan-outs: boxing the large variant would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventOutcome {
     FanOut(FanOut),
     Skipped(SkipReason),
     Rejected(Rejection),
+    /// The budget ran out before the event's first output: to be submitted again.
+    Deferred,
 }
 
 /// Why an event is refused: bad content, or a subscriber list the host garbled.
@@ -66,61 +122,184 @@ pub enum BatchError {
 /// database, so there is no flooding adversary to defend against.
 type FixedState = hashbrown::DefaultHashBuilder;
 
-/// Transforms a batch of event values at `now`; one outcome per value, in order.
+/// Client ids asked of the host per lookup: bounds the guest's memory whatever a restaurant's
+/// following, and a restaurant with fewer is read whole in one lookup (and kept for the batch).
+pub const LOOKUP_CHUNK: u32 = 4096;
+
+/// Transforms a batch of events at `now`, within `budget`; one outcome per event, in order.
 ///
 /// Within the batch, a (campaign, client) pair is sent at most once: a later event of a campaign
 /// already seen in the batch fans out only to clients the earlier ones did not reach. Across
 /// batches the host enforces the same rule with its delivery ledger.
+///
+/// Events are served in order: the one during which the budget runs out ends with a
+/// `continue_after`, later ones that would produce output are deferred, and the first output of
+/// the batch is produced whatever the budget, so that every batch makes progress.
 pub fn transform_batch<'a>(
     now: i64,
-    values: impl IntoIterator<Item = &'a [u8]>,
+    events: impl IntoIterator<Item = EventInput<'a>>,
+    budget: Budget,
     lookup: &mut impl SubscriberLookup,
 ) -> Result<Vec<EventOutcome>, BatchError> {
-    let trigger = i32::try_from(now).map_err(|_| BatchError::NowOutOfRange(now))?;
-    // Several events of one batch often share a restaurant: look it up and de-duplicate once.
-    let mut clients_by_restaurant: hashbrown::HashMap<String, Option<PackedStrings>, FixedState> =
-        hashbrown::HashMap::default();
-    // `None` until a campaign's second event shows up: the common case, one event per campaign,
-    // pays no per-client bookkeeping.
-    let mut sent_by_campaign: hashbrown::HashMap<String, Option<ClientSet>, FixedState> =
-        hashbrown::HashMap::default();
+    i32::try_from(now).map_err(|_| BatchError::NowOutOfRange(now))?;
+    let mut batch = Batch {
+        lookup,
+        budget,
+        spent: Budget {
+            outputs: 0,
+            bytes: 0,
+        },
+        small_restaurants: hashbrown::HashMap::default(),
+        sent_by_campaign: hashbrown::HashMap::default(),
+    };
     let mut outcomes = Vec::new();
-    for value in values {
-        let campaign = match parse_campaign(value) {
-            Ok(campaign) => campaign,
-            Err(bad) => {
-                outcomes.push(EventOutcome::Rejected(Rejection::BadEvent(bad)));
-                continue;
-            }
-        };
-        if let Some(reason) = inactive_reason(&campaign, now) {
-            outcomes.push(EventOutcome::Skipped(reason));
-            continue;
-        }
-        let clients = clients_by_restaurant
-            .entry(campaign.restaurant_id.clone())
-            .or_insert_with(|| distinct(&lookup.subscribers_of(&campaign.restaurant_id)));
-        let Some(clients) = clients else {
-            outcomes.push(EventOutcome::Rejected(Rejection::MalformedSubscribers {
-                restaurant_id: campaign.restaurant_id,
-            }));
-            continue;
-        };
-        let clients = match sent_by_campaign.get_mut(&campaign.adv_campaign_id) {
-            None => {
-                sent_by_campaign.insert(campaign.adv_campaign_id.clone(), None);
-                clients.clone()
-            }
-            Some(sent) => {
-                let sent = sent.get_or_insert_with(|| {
-                    clients_sent_earlier(&outcomes, &campaign.adv_campaign_id).collect()
-                });
-                not_yet_sent(clients, sent)
-            }
-        };
-        outcomes.push(EventOutcome::FanOut(fan_out(campaign, trigger, clients)));
+    for event in events {
+        let outcome = batch.transform(now, event, &outcomes)?;
+        outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// What a batch call keeps between its events.
+struct Batch<'l, L> {
+    lookup: &'l mut L,
+    budget: Budget,
+    spent: Budget,
+    /// Restaurants read whole in one lookup: several events of a batch often share one.
+    small_restaurants: hashbrown::HashMap<String, PackedStrings, FixedState>,
+    /// `None` until a campaign's second event shows up: the common case, one event per campaign,
+    /// pays no per-client bookkeeping.
+    sent_by_campaign: hashbrown::HashMap<String, Option<ClientSet>, FixedState>,
+}
+
+/// Why a fan-out stopped.
+enum Stop {
+    /// Past the restaurant's last subscriber.
+    Complete,
+    /// The budget ran out.
+    Budget,
+    Malformed,
+}
+
+impl<L: SubscriberLookup> Batch<'_, L> {
+    fn transform(
+        &mut self,
+        now: i64,
+        event: EventInput<'_>,
+        earlier: &[EventOutcome],
+    ) -> Result<EventOutcome, BatchError> {
+        let campaign = match parse_campaign(event.value) {
+            Ok(campaign) => campaign,
+            Err(bad) => return Ok(EventOutcome::Rejected(Rejection::BadEvent(bad))),
+        };
+        // A resumed fan-out keeps the `now` of its first part: one window, one trigger time.
+        let at = event.resume.map_or(now, |resume| resume.now);
+        let trigger = i32::try_from(at).map_err(|_| BatchError::NowOutOfRange(at))?;
+        if let Some(reason) = inactive_reason(&campaign, at) {
+            return Ok(EventOutcome::Skipped(reason));
+        }
+        // Taken out of the map for the walk, put back after it.
+        let mut sent: Option<ClientSet> =
+            match self.sent_by_campaign.get_mut(&campaign.adv_campaign_id) {
+                None => {
+                    self.sent_by_campaign
+                        .insert(campaign.adv_campaign_id.clone(), None);
+                    None
+                }
+                Some(sent) => Some(sent.take().unwrap_or_else(|| {
+                    clients_sent_earlier(earlier, &campaign.adv_campaign_id).collect()
+                })),
+            };
+        let template = MessageTemplate::new(&campaign, trigger);
+        let mut client_ids = PackedStrings::default();
+        let mut messages = PackedStrings::default();
+        let mut reached: Option<String> = None;
+        let mut after: Option<String> = event.resume.map(|resume| resume.after.to_owned());
+        let stop = 'walk: loop {
+            let chunk = self.chunk(&campaign.restaurant_id, after.as_deref());
+            let mut previous: Option<&str> = after.as_deref();
+            for client in chunk.iter() {
+                let Some(client) = client else {
+                    break 'walk Stop::Malformed;
+                };
+                match previous {
+                    // The host promised ascending order: a resumed walk relies on it.
+                    Some(previous) if client < previous => break 'walk Stop::Malformed,
+                    // Another row of the same client.
+                    Some(previous) if client == previous => continue,
+                    _ => {}
+                }
+                previous = Some(client);
+                if sent
+                    .as_mut()
+                    .is_some_and(|sent| !sent.insert(client.to_owned()))
+                {
+                    reached = Some(client.to_owned());
+                    continue;
+                }
+                let start = messages.data.len();
+                template.render_into(client, &mut messages.data);
+                let size = (client.len() + messages.data.len() - start) as u64;
+                if !self.admits(size) {
+                    messages.data.truncate(start);
+                    break 'walk Stop::Budget;
+                }
+                messages.seal();
+                client_ids.push(client);
+                self.spent.outputs += 1;
+                self.spent.bytes += size;
+                reached = Some(client.to_owned());
+            }
+            if (chunk.len() as u32) < LOOKUP_CHUNK {
+                break Stop::Complete;
+            }
+            after = previous.map(str::to_owned);
+        };
+        if let Some(sent) = sent {
+            self.sent_by_campaign
+                .insert(campaign.adv_campaign_id.clone(), Some(sent));
+        }
+        Ok(match stop {
+            Stop::Malformed => EventOutcome::Rejected(Rejection::MalformedSubscribers {
+                restaurant_id: campaign.restaurant_id,
+            }),
+            Stop::Budget if reached.is_none() => EventOutcome::Deferred,
+            stop => EventOutcome::FanOut(FanOut {
+                campaign,
+                trigger_datetime_created: trigger,
+                client_ids,
+                messages,
+                continue_after: match stop {
+                    Stop::Budget => reached,
+                    _ => None,
+                },
+            }),
+        })
+    }
+
+    /// The next chunk of the restaurant's clients after `after`.
+    fn chunk(&mut self, restaurant_id: &str, after: Option<&str>) -> PackedStrings {
+        if after.is_none()
+            && let Some(whole) = self.small_restaurants.get(restaurant_id)
+        {
+            return whole.clone();
+        }
+        let chunk = self
+            .lookup
+            .subscribers_of(restaurant_id, after, LOOKUP_CHUNK);
+        if after.is_none() && (chunk.len() as u32) < LOOKUP_CHUNK {
+            self.small_restaurants
+                .insert(restaurant_id.to_owned(), chunk.clone());
+        }
+        chunk
+    }
+
+    /// Whether one more output of `size` bytes fits the budget; the batch's first always does.
+    fn admits(&self, size: u64) -> bool {
+        self.spent.outputs == 0
+            || (self.spent.outputs < self.budget.outputs
+                && self.spent.bytes.saturating_add(size) <= self.budget.bytes)
+    }
 }
 
 type ClientSet = hashbrown::HashSet<String, FixedState>;
@@ -142,15 +321,6 @@ fn clients_sent_earlier<'a>(
         .map(str::to_owned)
 }
 
-/// The clients not in `sent`, which then records them as sent.
-fn not_yet_sent(clients: &PackedStrings, sent: &mut ClientSet) -> PackedStrings {
-    clients
-        .iter()
-        .flatten()
-        .filter(|client| sent.insert((*client).to_owned()))
-        .collect()
-}
-
 /// `None` when `start <= now <= end`, both ends inclusive.
 pub fn inactive_reason(campaign: &Campaign, now: i64) -> Option<SkipReason> {
     if now < campaign.adv_campaign_datetime_start {
@@ -159,39 +329,6 @@ pub fn inactive_reason(campaign: &Campaign, now: i64) -> Option<SkipReason> {
         Some(SkipReason::Expired)
     } else {
         None
-    }
-}
-
-/// The distinct client ids, first occurrence kept; `None` if the list is malformed.
-fn distinct(subscribers: &PackedStrings) -> Option<PackedStrings> {
-    let mut seen: hashbrown::HashSet<&str, FixedState> =
-        hashbrown::HashSet::with_capacity_and_hasher(subscribers.len(), FixedState::default());
-    let mut out = PackedStrings::with_capacity(subscribers.len(), subscribers.data.len());
-    for client_id in subscribers.iter() {
-        let client_id = client_id?;
-        if seen.insert(client_id) {
-            out.push(client_id);
-        }
-    }
-    Some(out)
-}
-
-fn fan_out(campaign: Campaign, trigger: i32, client_ids: PackedStrings) -> FanOut {
-    let template = MessageTemplate::new(&campaign, trigger);
-    let mut messages = PackedStrings::with_capacity(
-        client_ids.len(),
-        client_ids.len() * template.message_len(0) + client_ids.data.len(),
-    );
-    // `client_ids` came out of `distinct`, which only keeps well-formed entries.
-    for client_id in client_ids.iter().flatten() {
-        template.render_into(client_id, &mut messages.data);
-        messages.seal();
-    }
-    FanOut {
-        campaign,
-        trigger_datetime_created: trigger,
-        client_ids,
-        messages,
     }
 }
 

@@ -11,14 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use campaign_push::guest::{GuestRuntime, InputEvent, Outcome, SubscriberDirectory};
-use campaign_push::subscribers::SubscriberTable;
-use guest_transform::{PackedStrings, SubscriberLookup};
+use campaign_push::subscribers::{SubscriberTable, TableLoader};
+use guest_transform::{Budget, EventInput, PackedStrings, SubscriberLookup};
 
 const NOW: i64 = 1_700_000_000;
 const SAMPLES: usize = 9;
 const SAMPLE_TIME: Duration = Duration::from_millis(300);
 /// Output records per batch, whatever the fan-out, so batches are comparable.
 const RECORDS_PER_BATCH: usize = 10_000;
+/// Each batch decided whole, as in the service when its budget exceeds a batch.
+const WHOLE: campaign_push::guest::Budget = campaign_push::guest::Budget {
+    outputs: u32::MAX,
+    bytes: u64::MAX,
+};
 
 fn main() {
     let guest_path = PathBuf::from(
@@ -43,19 +48,23 @@ fn main() {
 
         let mut native_lookup = NativeLookup(directory.clone());
         let native = records_per_second(|| {
-            let values = events.iter().map(|event| event.value.as_slice());
-            let outcomes: Vec<Outcome> =
-                guest_transform::transform_batch(NOW, values, &mut native_lookup)
-                    .unwrap()
-                    .into_iter()
-                    .map(Outcome::from)
-                    .collect();
+            let inputs = events.iter().map(|event| EventInput::new(&event.value));
+            let outcomes: Vec<Outcome> = guest_transform::transform_batch(
+                NOW,
+                inputs,
+                Budget::UNLIMITED,
+                &mut native_lookup,
+            )
+            .unwrap()
+            .into_iter()
+            .map(Outcome::from)
+            .collect();
             count_records(&outcomes)
         });
 
         let mut instance = guest.instantiate(directory.clone()).expect("instance");
         let wasm = records_per_second(|| {
-            let outcomes = instance.transform_batch(NOW, &events).unwrap();
+            let outcomes = instance.transform_batch(NOW, &events, WHOLE).unwrap();
             count_records(&outcomes)
         });
 
@@ -71,7 +80,7 @@ fn main() {
 /// `fan_out` subscribers for each of `events` restaurants, one campaign event per restaurant, in
 /// the service's own subscriber table (ids stored as 16-byte UUIDs, formatted per lookup).
 fn workload(fan_out: usize, events: usize) -> (SubscriberTable, Vec<InputEvent>) {
-    let mut directory = SubscriberTable::new();
+    let mut directory = TableLoader::default();
     let mut row_id = 0;
     let mut batch = Vec::with_capacity(events);
     for restaurant in 0..events {
@@ -90,16 +99,22 @@ fn workload(fan_out: usize, events: usize) -> (SubscriberTable, Vec<InputEvent>)
         batch.push(InputEvent {
             key: Some(b"first_message".to_vec()),
             value: value.into_bytes(),
+            resume: None,
         });
     }
-    (directory, batch)
+    (directory.finish(), batch)
 }
 
 struct NativeLookup(Arc<SubscriberTable>);
 
 impl SubscriberLookup for NativeLookup {
-    fn subscribers_of(&mut self, restaurant_id: &str) -> PackedStrings {
-        self.0.clients_of(restaurant_id)
+    fn subscribers_of(
+        &mut self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PackedStrings {
+        self.0.clients_page(restaurant_id, after, limit as usize)
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`records`]: the Kafka messages and `subscribers_feedback` rows derived from a guest fan-out.
 //! - [`pipeline`]: consume, transform in batches, plan the writes.
 //! - [`sinks`]: PostgreSQL (binary COPY + delivery ledger) and Kafka (transactional).
+//! - [`retention`]: deletes the ledger's pairs of campaigns long over.
 //! - [`offline`]: the `transform-test` runner that exercises a guest without Kafka or PostgreSQL.
 //! - [`config`]: the one configuration struct: TOML file, environment overrides, validation.
 //! - [`migrations`]: the project's own database objects (trigger, ledger), applied at start-up.
@@ -27,6 +28,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod records;
 pub mod reload;
+pub mod retention;
 pub mod service;
 pub mod sinks;
 pub mod subscribers;

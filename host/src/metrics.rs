@@ -25,6 +25,7 @@ pub struct Metrics {
     pub cache_age_seconds: Gauge,
     pub guest: Family<Vec<(String, String)>, Gauge>,
     pub guest_swaps: Family<Vec<(String, String)>, Counter>,
+    pub ledger_pairs_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -46,6 +47,7 @@ impl Default for Metrics {
             cache_age_seconds: Gauge::default(),
             guest: Family::default(),
             guest_swaps: Family::default(),
+            ledger_pairs_purged: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "guest",
             "The guest in service (value 1), by version and SHA-256",
             metrics.guest.clone(),
+        );
+        registry.register(
+            "ledger_pairs_purged",
+            "Delivery ledger pairs deleted after their campaign's retention (ledger.retention)",
+            metrics.ledger_pairs_purged.clone(),
         );
         registry.register(
             "guest_swaps",

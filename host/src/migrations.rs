@@ -31,6 +31,14 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "003_decisions",
         sql: include_str!("../migrations/003_decisions.sql"),
     },
+    Migration {
+        name: "004_decision_parts",
+        sql: include_str!("../migrations/004_decision_parts.sql"),
+    },
+    Migration {
+        name: "005_ledger_retention",
+        sql: include_str!("../migrations/005_ledger_retention.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations: "camppush" in ASCII.

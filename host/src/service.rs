@@ -13,7 +13,7 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PostgresTls, tls_connector};
-use crate::guest::{GuestLimits, GuestRuntime, GuestSlot, canary};
+use crate::guest::{Budget, GuestLimits, GuestRuntime, GuestSlot, canary};
 use crate::http::{self, Progress, Readiness};
 use crate::metrics::Metrics;
 use crate::migrations;
@@ -22,9 +22,11 @@ use crate::pipeline::rebalance::GroupContext;
 use crate::pipeline::regression::RegressionSettings;
 use crate::pipeline::transformer::Transformer;
 use crate::pipeline::{GroupConsumer, PgConnect, Pipeline, Settings};
+use crate::plan::Commit;
 use crate::plan::Limits;
 use crate::reload::{self, Reloader};
-use crate::sinks::kafka::{KafkaSink, Topics};
+use crate::retention::Retention;
+use crate::sinks::kafka::{self, KafkaSink, Topics};
 use crate::sinks::postgres;
 use crate::subscribers::{CacheOptions, Connect, PgConnector, SubscriberCache};
 
@@ -161,6 +163,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let postgres_config = postgres_config.clone();
         Box::pin(async move { Ok(postgres_config.connect().await?.client) })
     });
+    let clock: Arc<dyn crate::pipeline::clock::Clock> = Arc::new(SystemClock);
+    tokio::spawn(
+        Retention {
+            retention: config.ledger.retention,
+            interval: config.ledger.purge_interval,
+            connect: pg_connect.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     let pipeline = Pipeline {
         consumer,
         reloader,
@@ -173,7 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         transformer: Transformer::new(slot, Arc::new(cache))?,
         pg_connect,
         kafka: sink,
-        clock: Arc::new(SystemClock),
+        clock,
         metrics,
         progress,
         settings: Settings {
@@ -181,10 +194,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             batch_linger: config.pipeline.batch_linger,
             retry_initial_backoff: config.pipeline.sink_retry_initial_backoff,
             retry_max_backoff: config.pipeline.sink_retry_max_backoff,
+            budget: Budget {
+                outputs: config.pipeline.batch_max_outputs,
+                bytes: config.pipeline.batch_max_bytes,
+            },
             limits: Limits {
-                max_outputs_per_event: config.pipeline.max_outputs_per_event,
                 max_message_bytes: config.kafka.message_max_bytes(),
             },
+            kafka_timeout: KAFKA_TIMEOUT,
         },
     };
     readiness.pipeline_running.store(true, Ordering::Release);
@@ -353,7 +370,7 @@ fn create_consumer(config: &Config) -> anyhow::Result<GroupConsumer> {
 
 /// The consumer group's committed offsets for every partition of the input topic, read by a
 /// consumer that never joins the group.
-async fn committed_offsets(config: &Config) -> anyhow::Result<BTreeMap<i32, i64>> {
+async fn committed_offsets(config: &Config) -> anyhow::Result<BTreeMap<i32, Commit>> {
     let topic = config.kafka.input_topic.as_str();
     let mut lookup_config = consumer_config(config);
     lookup_config.remove("group.instance.id");
@@ -394,13 +411,6 @@ async fn committed_offsets(config: &Config) -> anyhow::Result<BTreeMap<i32, i64>
                 }
             }
         };
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|element| match element.offset() {
-                Offset::Offset(offset) => Some((element.partition(), offset)),
-                _ => None,
-            })
-            .collect())
+        Ok(kafka::commits_of(&committed))
     })
 }

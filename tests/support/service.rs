@@ -224,7 +224,7 @@ impl Deployment {
         self.produce(&records);
     }
 
-    fn admin_consumer(&self, group: &str) -> BaseConsumer {
+    pub fn admin_consumer(&self, group: &str) -> BaseConsumer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.plaintext)
             .set("group.id", group)
@@ -428,12 +428,32 @@ impl Service {
         }
     }
 
+    /// The process's resident memory from `/proc`: `(VmRSS, VmHWM)` in bytes, now and at its
+    /// peak since the start or the last [`Service::reset_peak_memory`]; `None` once it has
+    /// exited.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let pid = self.child.lock().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|line| line.starts_with(name))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// Starts measuring the peak resident memory afresh (Linux: `clear_refs` 5).
+    pub fn reset_peak_memory(&self) {
+        let pid = self.child.lock().unwrap().id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    }
+
     /// Whether the process still runs (it has not exited, for whatever reason).
     pub fn is_running(&self) -> bool {
         self.exit_status().is_none()
     }
 
-    fn exit_status(&self) -> Option<std::process::ExitStatus> {
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
         self.child.lock().unwrap().try_wait().expect("try_wait")
     }
 

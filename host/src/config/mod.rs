@@ -56,6 +56,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// `[pipeline]`: batching, sink retries, shutdown.
     pub pipeline: PipelineConfig,
+    /// `[ledger]`: how long the delivery ledger remembers a campaign.
+    pub ledger: LedgerConfig,
     /// `[subscribers]`: refreshing the in-memory subscriber table.
     pub subscribers: SubscribersConfig,
     /// `[guest]`: the transform component.
@@ -84,12 +86,30 @@ pub struct PipelineConfig {
     /// `pipeline.shutdown_timeout` (default `"10s"`): how long a stop signal waits for the batch
     /// in flight to be written before the service exits anyway (it is then re-read on restart).
     pub shutdown_timeout: Duration,
-    /// `pipeline.max_outputs_per_event` (default 100000, at least 1): a guard against a runaway
-    /// fan-out; an event that would produce more notifications than this is not sent.
-    pub max_outputs_per_event: usize,
+    /// `pipeline.batch_max_outputs` (default 20000, at least 1): the most output messages (and
+    /// feedback rows) one batch decides; an event whose fan-out is larger is delivered in parts,
+    /// over as many batches as it takes. Bounds a batch's memory and transaction sizes.
+    pub batch_max_outputs: u32,
+    /// `pipeline.batch_max_bytes` (default 33554432, i.e. 32 MiB, at least 1): the same bound on
+    /// the outputs' bytes (client ids and messages).
+    pub batch_max_bytes: u64,
     /// `pipeline.stall_timeout` (default `"60s"`, at least `"1s"`): a batch in work for longer
     /// than this (a sink failing again and again) makes `/readyz` answer 503 with the last error.
     pub stall_timeout: Duration,
+}
+
+/// `[ledger]`: the delivery ledger (`campaign_push_deliveries`), which remembers every
+/// (campaign, client) pair delivered so that no pair is delivered twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// `ledger.retention` (default `"168h"`, a week): how long after a campaign's
+    /// `adv_campaign_datetime_end` its pairs are kept. An event of a campaign that has ended is
+    /// not delivered anyway; the margin covers a campaign whose end an event moves later, and
+    /// clocks that disagree.
+    pub retention: Duration,
+    /// `ledger.purge_interval` (default `"1h"`, at least `"1s"`): how often the pairs of
+    /// campaigns past their retention are deleted.
+    pub purge_interval: Duration,
 }
 
 /// `[subscribers]`: the in-memory copy of `subscribers_restaurants`.
@@ -246,6 +266,18 @@ impl Config {
             kafka: KafkaConfig::read(&mut src),
             postgres: PostgresConfig::read(&mut src),
             pipeline: PipelineConfig::read(&mut src),
+            ledger: LedgerConfig {
+                retention: src.or(
+                    "ledger.retention",
+                    Duration::from_secs(7 * 24 * 3600),
+                    duration(Duration::ZERO),
+                ),
+                purge_interval: src.or(
+                    "ledger.purge_interval",
+                    Duration::from_secs(3600),
+                    duration(Duration::from_secs(1)),
+                ),
+            },
             subscribers: SubscribersConfig::read(&mut src),
             guest: GuestConfig {
                 path: src.req("guest.path", readable_file).unwrap_or_default(),
@@ -301,13 +333,19 @@ impl PipelineConfig {
                 format!("{max:?} is shorter than {initial_key} ({initial:?})"),
             );
         }
+        src.forbid(
+            "pipeline.max_outputs_per_event",
+            "any more: an event of any fan-out is delivered, in parts of at most \
+             pipeline.batch_max_outputs",
+        );
         Self {
             batch_max_events: src.or("pipeline.batch_max_events", 500, integer(1usize)),
             batch_linger: src.or("pipeline.batch_linger", ms(50), duration(Duration::ZERO)),
             sink_retry_initial_backoff: initial,
             sink_retry_max_backoff: max,
             shutdown_timeout: src.or("pipeline.shutdown_timeout", ms(10_000), duration(ms(1))),
-            max_outputs_per_event: src.or("pipeline.max_outputs_per_event", 100_000, integer(1)),
+            batch_max_outputs: src.or("pipeline.batch_max_outputs", 20_000, integer(1u32)),
+            batch_max_bytes: src.or("pipeline.batch_max_bytes", 32 << 20, integer(1u64)),
             stall_timeout: src.or("pipeline.stall_timeout", ms(60_000), duration(ms(1_000))),
         }
     }

@@ -155,8 +155,16 @@ fn defaults_fill_everything_optional() {
             sink_retry_initial_backoff: Duration::from_millis(100),
             sink_retry_max_backoff: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
-            max_outputs_per_event: 100_000,
+            batch_max_outputs: 20_000,
+            batch_max_bytes: 32 << 20,
             stall_timeout: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(
+        config.ledger,
+        LedgerConfig {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            purge_interval: Duration::from_secs(3600),
         }
     );
     assert_eq!(

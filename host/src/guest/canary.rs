@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use guest_transform::{PackedStrings, SkipReason};
 
-use super::{InputEvent, LoadedGuest, Outcome, SubscriberDirectory};
+use super::{Budget, InputEvent, LoadedGuest, Outcome, ResumePoint, SubscriberDirectory};
 
 const NOW: i64 = 1_700_000_000;
 const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
@@ -30,14 +30,30 @@ const OUTPUT_FIELDS: [&str; 10] = [
 struct CanarySubscribers;
 
 impl SubscriberDirectory for CanarySubscribers {
-    fn clients_of(&self, restaurant_id: &str) -> PackedStrings {
-        if restaurant_id == RESTAURANT {
-            CLIENTS.into_iter().collect()
-        } else {
-            PackedStrings::default()
+    fn clients_page(
+        &self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> PackedStrings {
+        if restaurant_id != RESTAURANT {
+            return PackedStrings::default();
         }
+        let mut clients = CLIENTS;
+        clients.sort_unstable();
+        clients
+            .into_iter()
+            .filter(|client| after.is_none_or(|after| *client > after))
+            .take(limit)
+            .collect()
     }
 }
+
+/// Enough for the whole canary batch.
+const AMPLE: Budget = Budget {
+    outputs: 1_000,
+    bytes: 1 << 20,
+};
 
 fn event(end: i64) -> InputEvent {
     let value = format!(
@@ -46,6 +62,7 @@ fn event(end: i64) -> InputEvent {
     InputEvent {
         key: Some(b"first_message".to_vec()),
         value: value.into_bytes(),
+        resume: None,
     }
 }
 
@@ -60,10 +77,11 @@ pub fn check(guest: &LoadedGuest) -> Result<(), String> {
         InputEvent {
             key: None,
             value: b"not json".to_vec(),
+            resume: None,
         },
     ];
     let outcomes = instance
-        .transform_batch(NOW, &events)
+        .transform_batch(NOW, &events, AMPLE)
         .map_err(|e| e.to_string())?;
     let Outcome::FanOut(fan_out) = &outcomes[0] else {
         return Err(format!(
@@ -100,6 +118,57 @@ pub fn check(guest: &LoadedGuest) -> Result<(), String> {
     }
     if !matches!(outcomes[2], Outcome::Rejected(_)) {
         return Err(format!("a bad event gave {:?}", outcomes[2]));
+    }
+    check_parts(&mut instance, clients[0], clients[1])
+}
+
+/// The sample event in two parts of one client each: the second goes on after the first, at the
+/// first part's `now`.
+fn check_parts(
+    instance: &mut super::GuestInstance,
+    first: &str,
+    second: &str,
+) -> Result<(), String> {
+    let one = Budget {
+        outputs: 1,
+        bytes: 1 << 20,
+    };
+    let part = |instance: &mut super::GuestInstance, now, event| {
+        let outcome = instance
+            .transform_batch(now, &[event], one)
+            .map_err(|e| e.to_string())?
+            .remove(0);
+        match outcome {
+            Outcome::FanOut(fan_out) => Ok(fan_out),
+            other => Err(format!("a part of the sample event gave {other:?}")),
+        }
+    };
+    let head = part(instance, NOW, event(2_659_207_116))?;
+    let reached: Vec<&str> = head.client_ids.iter().flatten().collect();
+    if reached != [first] || head.continue_after.as_deref() != Some(first) {
+        return Err(format!(
+            "with a budget of one output, the sample event reached {reached:?} and goes on \
+             after {:?}, not [{first:?}] and after {first:?}",
+            head.continue_after
+        ));
+    }
+    // Resumed long after the campaign ended: the first part's `now` still decides.
+    let mut resumed = event(NOW + 10);
+    resumed.resume = Some(ResumePoint {
+        after: first.to_owned(),
+        now: NOW,
+    });
+    let tail = part(instance, NOW + 1_000, resumed)?;
+    let reached: Vec<&str> = tail.client_ids.iter().flatten().collect();
+    if reached != [second]
+        || tail.continue_after.is_some()
+        || tail.trigger_datetime_created != NOW as i32
+    {
+        return Err(format!(
+            "resumed after {first:?} at the first part's now, the sample event reached \
+             {reached:?} at {} and goes on after {:?}, not [{second:?}] at {NOW}, complete",
+            tail.trigger_datetime_created, tail.continue_after
+        ));
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use bindings::types::InputEvent;
+pub use bindings::types::{Budget, InputEvent, ResumePoint};
 pub use outcome::Outcome;
 pub use slot::GuestSlot;
 
@@ -29,8 +29,10 @@ use bindings::{CampaignTransform, CampaignTransformPre, types as wit};
 
 /// The host's subscriber table, as the guest's `subscribers-of` import sees it.
 pub trait SubscriberDirectory: Send + Sync + 'static {
-    /// Every client id subscribed to `restaurant_id`, exact text, duplicates allowed.
-    fn clients_of(&self, restaurant_id: &str) -> PackedStrings;
+    /// Up to `limit` client ids subscribed to `restaurant_id`, exact text, in ascending byte
+    /// order, after `after` (exclusive) if given; duplicates allowed, next to each other.
+    fn clients_page(&self, restaurant_id: &str, after: Option<&str>, limit: usize)
+    -> PackedStrings;
 }
 
 /// Who a loaded guest is: what it says of itself, and what its bytes are.
@@ -231,17 +233,18 @@ impl GuestInstance {
             .map_err(trapped)
     }
 
-    /// Transforms `events` at `now`: one outcome per event, in order.
+    /// Transforms `events` at `now` within `budget`: one outcome per event, in order.
     pub fn transform_batch(
         &mut self,
         now: i64,
         events: &[InputEvent],
+        budget: Budget,
     ) -> Result<Vec<Outcome>, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let outcomes = self
             .bindings
             .campaign_push_transform_transform()
-            .call_transform_batch(&mut self.store, now, events)
+            .call_transform_batch(&mut self.store, now, events, budget)
             .map_err(trapped)?
             .map_err(|wit::BatchError::NowOutOfRange(now)| CallError::NowOutOfRange(now))?;
         if outcomes.len() != events.len() {
@@ -275,8 +278,16 @@ impl WasiView for GuestState {
 impl bindings::campaign_push::transform::types::Host for GuestState {}
 
 impl bindings::campaign_push::transform::subscribers::Host for GuestState {
-    fn subscribers_of(&mut self, restaurant_id: String) -> wit::PackedStrings {
-        outcome::to_wit_packed(self.directory.clients_of(&restaurant_id))
+    fn subscribers_of(
+        &mut self,
+        restaurant_id: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wit::PackedStrings {
+        let page = self
+            .directory
+            .clients_page(&restaurant_id, after.as_deref(), limit as usize);
+        outcome::to_wit_packed(page)
     }
 }
 
@@ -284,7 +295,7 @@ impl bindings::campaign_push::transform::subscribers::Host for GuestState {
 struct NoSubscribers;
 
 impl SubscriberDirectory for NoSubscribers {
-    fn clients_of(&self, _restaurant_id: &str) -> PackedStrings {
+    fn clients_page(&self, _: &str, _: Option<&str>, _: usize) -> PackedStrings {
         PackedStrings::default()
     }
 }

@@ -17,6 +17,8 @@ pub enum Outcome {
     Skipped(SkipReason),
     /// Bad: goes to the dead-letter topic with this reason.
     Rejected(String),
+    /// The batch's budget ran out before the event's first output: submitted again later.
+    Deferred,
 }
 
 impl From<guest_transform::EventOutcome> for Outcome {
@@ -27,6 +29,7 @@ impl From<guest_transform::EventOutcome> for Outcome {
             guest_transform::EventOutcome::Rejected(rejection) => {
                 Outcome::Rejected(rejection.to_string())
             }
+            guest_transform::EventOutcome::Deferred => Outcome::Deferred,
         }
     }
 }
@@ -52,6 +55,7 @@ impl Outcome {
                     trigger_datetime_created: fan_out.trigger_datetime_created,
                     client_ids: from_wit_packed(fan_out.client_ids),
                     messages: from_wit_packed(fan_out.messages),
+                    continue_after: fan_out.continue_after,
                 };
                 match malformation(&fan_out) {
                     None => Outcome::FanOut(fan_out),
@@ -67,6 +71,7 @@ impl Outcome {
                 Outcome::Skipped(SkipReason::NotYetStarted)
             }
             wit::EventOutcome::Rejected(reason) => Outcome::Rejected(reason),
+            wit::EventOutcome::Deferred => Outcome::Deferred,
         }
     }
 }
@@ -78,6 +83,16 @@ fn malformation(fan_out: &FanOut) -> Option<&'static str> {
         Some("a client id is out of bounds or not UTF-8")
     } else if fan_out.messages.iter().any(|message| message.is_none()) {
         Some("a message is out of bounds or not UTF-8")
+    } else if fan_out.continue_after.as_deref().is_some_and(|after| {
+        fan_out
+            .client_ids
+            .iter()
+            .flatten()
+            .last()
+            .is_some_and(|last| after < last)
+    }) {
+        // The next part starts after `continue_after`: clients of this part would be sent again.
+        Some("continue-after is before the last client it reached")
     } else {
         None
     }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::guest::InputEvent;
-use crate::subscribers::SubscriberTable;
+use crate::subscribers::{SubscriberTable, TableLoader};
 
 /// One line of an events file. Exactly one of the `value…` fields is given:
 /// - `value`: any JSON; the event's bytes are that JSON text exactly as written in the line;
@@ -58,6 +58,7 @@ fn parse_event_line(line: &str) -> anyhow::Result<InputEvent> {
     Ok(InputEvent {
         key: parsed.key.map(String::into_bytes),
         value,
+        resume: None,
     })
 }
 
@@ -89,7 +90,7 @@ pub fn read_subscribers_csv(path: &Path) -> anyhow::Result<SubscriberTable> {
     };
     let (client_column, restaurant_column) = (column("client_id")?, column("restaurant_id")?);
     let id_column = position("id");
-    let mut table = SubscriberTable::new();
+    let mut table = TableLoader::default();
     for (index, record) in reader.records().enumerate() {
         let row = index + 1;
         let record = record.with_context(|| format!("{}: row {row}", path.display()))?;
@@ -101,7 +102,7 @@ pub fn read_subscribers_csv(path: &Path) -> anyhow::Result<SubscriberTable> {
         };
         table.upsert(id, &record[client_column], &record[restaurant_column]);
     }
-    Ok(table)
+    Ok(table.finish())
 }
 
 #[cfg(test)]

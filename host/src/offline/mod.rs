@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 pub use fixtures::{read_events, read_subscribers_csv};
 
-use crate::guest::{GuestRuntime, InputEvent, Outcome};
+use crate::guest::{Budget, GuestRuntime, InputEvent, Outcome};
 use crate::records::{self, FeedbackRow};
 use crate::subscribers::SubscriberTable;
 
@@ -70,6 +70,13 @@ enum Line<'a> {
     },
 }
 
+/// The offline runner decides every batch whole, however large its fan-outs: it shows what the
+/// transform makes of events, not how the service cuts batches into parts.
+const WHOLE: Budget = Budget {
+    outputs: u32::MAX,
+    bytes: u64::MAX,
+};
+
 /// Runs the test and writes one JSON line per message, row, skipped and rejected event to `out`.
 pub fn run(test: &TransformTest, out: &mut impl Write) -> anyhow::Result<Summary> {
     let runtime = GuestRuntime::new()?;
@@ -84,7 +91,7 @@ pub fn run(test: &TransformTest, out: &mut impl Write) -> anyhow::Result<Summary
     let mut summary = Summary::default();
     for (batch_index, batch) in events.chunks(batch_size).enumerate() {
         let outcomes = instance
-            .transform_batch(test.now, batch)
+            .transform_batch(test.now, batch, WHOLE)
             .with_context(|| format!("guest call for batch {batch_index}"))?;
         let first_event = batch_index * batch_size;
         for (offset, (event, outcome)) in batch.iter().zip(&outcomes).enumerate() {
@@ -158,6 +165,9 @@ fn print_outcome(
                 },
             )?;
             summary.rejected += 1;
+        }
+        Outcome::Deferred => {
+            anyhow::bail!("event {index}: the guest deferred it although the budget is unlimited")
         }
     }
     Ok(())

@@ -1,15 +1,20 @@
 //! The pipeline: collect a batch, decide it, store the decisions, deliver them, commit.
 //!
 //! Per batch, in named stages:
-//! 1. [`collect`]: up to `batch_max_events` records, dropping those of revoked partitions; the
-//!    group metadata the batch commits with is taken when it closes (see [`rebalance`]).
-//! 2. decide: recall the decisions stored for records of the batch by an earlier attempt, run
-//!    the others through the guest, and [`plan`](crate::plan::plan) them.
+//! 1. [`collect`]: the records carried over from the previous batch, then new ones, up to
+//!    `batch_max_events`, dropping those of revoked partitions; the group metadata the batch
+//!    commits with is taken when it closes (see [`rebalance`]).
+//! 2. decide: recall the decisions (or parts of decisions) stored for records of the batch by
+//!    earlier attempts, run the others through the guest within the batch's output budget, and
+//!    [`plan`](crate::plan::plan) them.
 //! 3. store: one PostgreSQL transaction takes the new decisions for good (ledger, feedback rows,
 //!    decisions); data the database refuses is isolated by bisection and dead-lettered.
 //! 4. deliver: one Kafka transaction sends every decision of the batch, as decided, and commits
-//!    the consumed offsets.
+//!    the consumed offsets (inside a record delivered in parts: the parts delivered).
 //! 5. account: metrics, the regression watch of a newly swapped guest, progress.
+//!
+//! A record whose fan-out the budget cut short, and the records of its partition after it, are
+//! carried into the next batch (see the plan's "Parts").
 //!
 //! A failed stage is retried with backoff; a retry of the store stage decides again only what no
 //! attempt stored, and the deliver stage sends the stored decisions, never a recomputation. See
@@ -26,19 +31,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use rdkafka::Message;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::{Message, TopicPartitionList};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{GuestIdentity, InputEvent};
+use crate::guest::{Budget, GuestIdentity, InputEvent};
 use crate::http::Progress;
 use crate::metrics::Metrics;
-use crate::plan::{self, Candidate, Decision, Limits, Plan, Planned, Position, Verdict};
+use crate::plan::{
+    self, Candidate, Commit, Decision, Limits, Plan, Planned, Position, Step, StoredDecision,
+    Verdict,
+};
 use crate::reload::Reloader;
 use crate::sinks::SinkError;
-use crate::sinks::kafka::KafkaSink;
+use crate::sinks::kafka::{self, KafkaSink};
 use crate::sinks::postgres::{self, Written};
 use clock::Clock;
 use rebalance::GroupContext;
@@ -58,7 +66,11 @@ pub struct Settings {
     pub batch_linger: Duration,
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
+    /// The most output one batch decides (`batch_max_outputs`, `batch_max_bytes`).
+    pub budget: Budget,
     pub limits: Limits,
+    /// How long a read of the group's committed offsets may take.
+    pub kafka_timeout: Duration,
 }
 
 pub struct Pipeline {
@@ -85,6 +97,32 @@ struct Batch {
 }
 
 impl Batch {
+    fn empty() -> Self {
+        Self {
+            events: Vec::new(),
+            positions: Vec::new(),
+            first_received: Instant::now(),
+        }
+    }
+
+    /// The records at `indexes`, which open the next batch.
+    fn carry(self, indexes: &[usize]) -> Self {
+        let keep: std::collections::HashSet<usize> = indexes.iter().copied().collect();
+        let (events, positions) = self
+            .events
+            .into_iter()
+            .zip(self.positions)
+            .enumerate()
+            .filter(|(index, _)| keep.contains(index))
+            .map(|(_, record)| record)
+            .unzip();
+        Self {
+            events,
+            positions,
+            first_received: Instant::now(),
+        }
+    }
+
     /// Per partition, the first and last offset of the batch.
     fn ranges(&self) -> BTreeMap<i32, (i64, i64)> {
         let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
@@ -150,13 +188,16 @@ impl Pipeline {
             connect: self.pg_connect.clone(),
             client: None,
         };
-        // The offsets of the last batch whose Kafka transaction committed: their decisions are
+        // The commits of the last batch whose Kafka transaction committed: their decisions are
         // forgotten with the next batch's PostgreSQL transaction.
-        let mut confirmed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut confirmed: BTreeMap<i32, Commit> = BTreeMap::new();
         let mut watch = RegressionWatch::new(self.regression, &self.transformer.identity().sha256);
-        while let Some((batch, group)) = collect(&self.consumer, &self.settings, &shutdown).await? {
+        let mut carried = Batch::empty();
+        while let Some((batch, group)) =
+            collect(&self.consumer, &self.settings, carried, &shutdown).await?
+        {
             self.progress.batch_started();
-            let committed = self
+            let Some(carry) = self
                 .process(
                     &batch,
                     &group,
@@ -165,67 +206,70 @@ impl Pipeline {
                     &mut watch,
                     &shutdown,
                 )
-                .await?;
-            if !committed {
+                .await?
+            else {
                 return Ok(());
-            }
+            };
+            carried = batch.carry(&carry);
             self.progress.batch_committed();
         }
         Ok(())
     }
 
-    /// Decides, stores and delivers one batch. `false` when shutdown interrupted it.
+    /// Decides, stores and delivers one batch. Returns the indexes of the records carried into
+    /// the next batch, or `None` when shutdown interrupted it.
     async fn process(
         &mut self,
         batch: &Batch,
         group: &ConsumerGroupMetadata,
         postgres: &mut Postgres,
-        confirmed: &mut BTreeMap<i32, i64>,
+        confirmed: &mut BTreeMap<i32, Commit>,
         watch: &mut RegressionWatch,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<Vec<usize>>> {
         let collected = Instant::now();
         let mut backoff = Backoff::new(&self.settings);
         loop {
-            // Decide: what an earlier attempt stored is recalled, the rest goes to the guest.
-            let recalled = match recall(postgres, &self.input_topic, batch).await {
+            // Decide: what earlier attempts stored is recalled, the rest goes to the guest.
+            let recalled = match recall(
+                postgres,
+                &self.consumer,
+                &self.input_topic,
+                self.settings.kafka_timeout,
+                batch,
+            )
+            .await
+            {
                 Ok(recalled) => recalled,
                 Err(error) => {
                     if !self
-                        .retry("postgres", &error, &mut backoff, shutdown)
+                        .retry_postgres(&error, postgres, &mut backoff, shutdown)
                         .await?
                     {
-                        return Ok(false);
+                        return Ok(None);
                     }
-                    postgres.after(&error);
                     continue;
                 }
             };
-            let fresh: Cow<'_, [InputEvent]> = if recalled.is_empty() {
-                Cow::Borrowed(&batch.events)
-            } else {
-                Cow::Owned(
-                    batch
-                        .events
-                        .iter()
-                        .zip(&batch.positions)
-                        .filter(|(_, position)| !recalled.contains_key(position))
-                        .map(|(event, _)| event.clone())
-                        .collect(),
-                )
-            };
+            let steps = recalled.steps(&batch.positions);
             let now = self.clock.now_epoch_seconds();
+            let fresh = guest_input(&batch.events, &steps);
+            let budget = remaining_budget(self.settings.budget, &steps);
             let transformer = &mut self.transformer;
             let outcomes =
-                tokio::task::block_in_place(|| transformer.transform_batch(now, &fresh))?;
+                tokio::task::block_in_place(|| transformer.transform_batch(now, &fresh, budget))?;
             let guest = self.transformer.identity().clone();
+            let inputs = plan::inputs(&steps, &outcomes, now);
             let plan = plan::plan(
                 &batch.events,
                 &batch.positions,
-                &recalled,
-                &outcomes,
+                &inputs,
                 &guest,
                 self.settings.limits,
+            );
+            anyhow::ensure!(
+                !plan.records.is_empty(),
+                "the guest deferred every event of a batch: it does not honour the budget"
             );
             let decided = Instant::now();
 
@@ -233,15 +277,7 @@ impl Pipeline {
             let candidates: Vec<&Candidate<'_>> = plan.candidates().collect();
             let stored = match postgres.client().await {
                 Ok(client) => {
-                    store(
-                        client,
-                        &self.input_topic,
-                        &candidates,
-                        &guest,
-                        now,
-                        confirmed,
-                    )
-                    .await
+                    store(client, &self.input_topic, &candidates, &guest, confirmed).await
                 }
                 Err(error) => Err(error),
             };
@@ -253,12 +289,11 @@ impl Pipeline {
                 }
                 Err(error) => {
                     if !self
-                        .retry("postgres", &error, &mut backoff, shutdown)
+                        .retry_postgres(&error, postgres, &mut backoff, shutdown)
                         .await?
                     {
-                        return Ok(false);
+                        return Ok(None);
                     }
-                    postgres.after(&error);
                     continue;
                 }
             };
@@ -269,13 +304,13 @@ impl Pipeline {
             // Deliver: every decision of the batch, as decided.
             let decisions = merge(&plan, written.decisions);
             if !self
-                .deliver(&decisions, &plan.next_offsets, group, shutdown)
+                .deliver(&decisions, &plan.commits, group, shutdown)
                 .await?
             {
-                return Ok(false);
+                return Ok(None);
             }
             crate::crash_point!("after-kafka-commit");
-            *confirmed = plan.next_offsets.clone();
+            *confirmed = plan.commits.clone();
             let times = StageTimes {
                 collected,
                 decided,
@@ -292,8 +327,21 @@ impl Pipeline {
                 times,
             )
             .await;
-            return Ok(true);
+            return Ok(Some(plan.carried));
         }
+    }
+
+    /// [`Self::retry`] for a PostgreSQL error, dropping a connection the error may have broken.
+    async fn retry_postgres(
+        &mut self,
+        error: &SinkError,
+        postgres: &mut Postgres,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let go_on = self.retry("postgres", error, backoff, shutdown).await?;
+        postgres.after(error);
+        Ok(go_on)
     }
 
     /// Sends the decisions in one Kafka transaction, retrying until it commits. `false` when
@@ -301,13 +349,13 @@ impl Pipeline {
     async fn deliver(
         &mut self,
         decisions: &[Decision<'_>],
-        next_offsets: &BTreeMap<i32, i64>,
+        commits: &BTreeMap<i32, Commit>,
         group: &ConsumerGroupMetadata,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         let mut backoff = Backoff::new(&self.settings);
         loop {
-            match self.kafka.write(decisions, next_offsets, group) {
+            match self.kafka.write(decisions, commits, group) {
                 Ok(()) => return Ok(true),
                 // A fatal producer (fenced: another instance took over the transactional id, or
                 // the coordinator aborted a transaction that outlived `transaction.timeout.ms`) or
@@ -360,10 +408,13 @@ impl Pipeline {
         watch: &mut RegressionWatch,
         times: StageTimes,
     ) {
-        let mut decided_now = 0u64;
+        let (mut decided_now, mut recalled) = (0u64, 0u64);
         let (mut rejected, mut expired, mut not_yet_started, mut candidates_delivered) =
             (0u64, 0u64, 0u64, 0u64);
         for record in &plan.records {
+            if let Planned::Recalled(_) = record {
+                recalled += 1;
+            }
             if let Planned::New(candidate) = record {
                 decided_now += 1;
                 match &candidate.verdict {
@@ -394,7 +445,9 @@ impl Pipeline {
         let outputs: usize = decisions.iter().map(|d| d.messages.len()).sum();
         let dead_letters = decisions.iter().filter(|d| d.dead_letter.is_some()).count();
         let metrics = &self.metrics;
-        metrics.events_in.inc_by(batch.events.len() as u64);
+        // A record delivered in parts counts once, with its last part.
+        let finished = batch.events.len() - plan.carried.len();
+        metrics.events_in.inc_by(finished as u64);
         metrics.outputs.inc_by(outputs as u64);
         metrics.rows_inserted.inc_by(rows_inserted);
         metrics
@@ -408,7 +461,9 @@ impl Pipeline {
         metrics.batch_seconds.observe(latency);
         tracing::debug!(
             events = batch.events.len(),
-            recalled = batch.events.len() as u64 - decided_now,
+            finished,
+            carried = plan.carried.len(),
+            recalled,
             outputs,
             dead_letters,
             seconds = latency,
@@ -422,20 +477,144 @@ impl Pipeline {
     }
 }
 
-/// The decisions stored for records of `batch` by earlier attempts.
+/// The decisions stored for records of `batch` by earlier attempts, and, for the records stored
+/// in parts, how many parts Kafka has committed.
 async fn recall(
     postgres: &mut Postgres,
+    consumer: &GroupConsumer,
     topic: &str,
+    timeout: Duration,
     batch: &Batch,
-) -> Result<HashMap<Position, plan::StoredDecision>, SinkError> {
+) -> Result<Recalled, SinkError> {
     let client = postgres.client().await?;
     let stored = postgres::recall(client, topic, &batch.ranges()).await?;
     let in_batch: std::collections::HashSet<&Position> = batch.positions.iter().collect();
-    Ok(stored
-        .into_iter()
-        .filter(|decision| in_batch.contains(&decision.source))
-        .map(|decision| (decision.source, decision))
-        .collect())
+    let mut parts: HashMap<Position, Vec<StoredDecision>> = HashMap::new();
+    for decision in stored {
+        if in_batch.contains(&decision.source) {
+            parts.entry(decision.source).or_default().push(decision);
+        }
+    }
+    let in_parts: std::collections::BTreeSet<i32> = parts
+        .values()
+        .flatten()
+        .filter(|decision| decision.part > 0 || decision.continue_after.is_some())
+        .map(|decision| decision.source.partition)
+        .collect();
+    let committed = if in_parts.is_empty() {
+        BTreeMap::new()
+    } else {
+        committed(consumer, topic, timeout, &in_parts)?
+    };
+    // Only the parts to send again need their messages.
+    let mut recalled = Recalled { parts, committed };
+    let resend: std::collections::HashSet<(Position, u32)> = recalled
+        .steps(&batch.positions)
+        .iter()
+        .filter_map(|step| match step {
+            Step::Resend(stored) => Some((stored.source, stored.part)),
+            Step::Decide { .. } => None,
+        })
+        .collect();
+    let mut to_read: Vec<&mut StoredDecision> = recalled
+        .parts
+        .values_mut()
+        .flatten()
+        .filter(|stored| resend.contains(&(stored.source, stored.part)))
+        .collect();
+    postgres::recall_messages(client, topic, &mut to_read).await?;
+    Ok(recalled)
+}
+
+/// The group's committed offsets of `partitions`, from the group coordinator: after a crash or a
+/// rebalance, whoever delivered the last part may have been another host.
+fn committed(
+    consumer: &GroupConsumer,
+    topic: &str,
+    timeout: Duration,
+    partitions: &std::collections::BTreeSet<i32>,
+) -> Result<BTreeMap<i32, Commit>, SinkError> {
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition(topic, partition);
+    }
+    tokio::task::block_in_place(|| consumer.committed_offsets(list, timeout))
+        .map(|committed| kafka::commits_of(&committed))
+        .map_err(|e| SinkError::Retryable(format!("reading the committed offsets: {e}")))
+}
+
+/// What earlier attempts stored for the records of a batch.
+struct Recalled {
+    parts: HashMap<Position, Vec<StoredDecision>>,
+    /// Committed offsets of the partitions with records stored in parts.
+    committed: BTreeMap<i32, Commit>,
+}
+
+impl Recalled {
+    /// What to do with each record.
+    fn steps(&self, positions: &[Position]) -> Vec<Step<'_>> {
+        positions
+            .iter()
+            .map(|position| {
+                let parts = self.parts.get(position).map_or(&[][..], Vec::as_slice);
+                let delivered = self
+                    .committed
+                    .get(&position.partition)
+                    .map_or(0, |commit| commit.parts_delivered_of(position.offset));
+                plan::next_step(parts, delivered)
+            })
+            .collect()
+    }
+}
+
+/// The events the guest decides now, in batch order, each with where its fan-out resumes.
+fn guest_input<'e>(events: &'e [InputEvent], steps: &[Step<'_>]) -> Cow<'e, [InputEvent]> {
+    let from_scratch = |step: &Step<'_>| {
+        matches!(
+            step,
+            Step::Decide {
+                part: 0,
+                resume: None
+            }
+        )
+    };
+    if steps.iter().all(from_scratch) {
+        return Cow::Borrowed(events);
+    }
+    events
+        .iter()
+        .zip(steps)
+        .filter_map(|(event, step)| match step {
+            Step::Resend(_) => None,
+            Step::Decide { resume, .. } => Some(InputEvent {
+                resume: resume.clone(),
+                ..event.clone()
+            }),
+        })
+        .collect()
+}
+
+/// The batch's budget less what the parts resent as stored take of it.
+fn remaining_budget(budget: Budget, steps: &[Step<'_>]) -> Budget {
+    let (outputs, bytes) = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Resend(stored) => Some(stored),
+            Step::Decide { .. } => None,
+        })
+        .fold((0u64, 0u64), |(outputs, bytes), stored| {
+            let size: usize = stored
+                .keys
+                .iter()
+                .chain(&stored.values)
+                .map(String::len)
+                .sum();
+            (outputs + stored.keys.len() as u64, bytes + size as u64)
+        });
+    Budget {
+        outputs: u32::try_from(u64::from(budget.outputs).saturating_sub(outputs)).unwrap_or(0),
+        bytes: budget.bytes.saturating_sub(bytes),
+    }
 }
 
 /// Stores the candidates' decisions; when the database refuses the data of one of them, splits
@@ -446,15 +625,13 @@ fn store<'a, 'b>(
     topic: &'b str,
     candidates: &'b [&'b Candidate<'a>],
     guest: &'a GuestIdentity,
-    now: i64,
-    confirmed: &'b BTreeMap<i32, i64>,
+    confirmed: &'b BTreeMap<i32, Commit>,
 ) -> BoxFuture<'b, Result<Written<'a>, SinkError>>
 where
     'a: 'b,
 {
     Box::pin(async move {
-        let refused = match postgres::write(client, topic, candidates, guest, now, confirmed).await
-        {
+        let refused = match postgres::write(client, topic, candidates, guest, confirmed).await {
             Err(SinkError::Refused(reason)) => reason,
             other => return other,
         };
@@ -473,11 +650,11 @@ where
             );
             let isolated =
                 candidate.dead_lettered(format!("PostgreSQL refused the event's rows: {refused}"));
-            return postgres::write(client, topic, &[&isolated], guest, now, confirmed).await;
+            return postgres::write(client, topic, &[&isolated], guest, confirmed).await;
         }
         let (left, right) = candidates.split_at(candidates.len() / 2);
-        let mut written = store(client, topic, left, guest, now, confirmed).await?;
-        let rest = store(client, topic, right, guest, now, confirmed).await?;
+        let mut written = store(client, topic, left, guest, confirmed).await?;
+        let rest = store(client, topic, right, guest, confirmed).await?;
         written.decisions.extend(rest.decisions);
         written.rows_inserted += rest.rows_inserted;
         Ok(written)
@@ -500,38 +677,28 @@ fn merge<'a>(plan: &Plan<'a>, stored: Vec<Decision<'a>>) -> Vec<Decision<'a>> {
     merged
 }
 
-/// Collects up to `batch_max_events` records, waiting at most `batch_linger` after the first,
-/// and the group metadata to commit them with. `None` when shutdown was requested.
+/// Collects up to `batch_max_events` records, `carried` first, waiting at most `batch_linger`
+/// after the first, and the group metadata to commit them with. `None` when shutdown was
+/// requested.
 ///
-/// Records of partitions revoked meanwhile are dropped (see [`rebalance`]). Consumer errors are
-/// logged and consumption goes on (librdkafka reconnects by itself, e.g. while a broker
-/// restarts), except fatal ones, which end the pipeline: the consumer will never deliver again.
-/// One is a static member fenced by its own earlier session after that session timed out during
-/// a Kafka outage longer than `session.timeout.ms` (librdkafka issue #3437). Nothing of the batch
-/// being collected was written yet, so the restarted service consumes it again from the
-/// committed offsets.
+/// Records of partitions revoked meanwhile are dropped (see [`rebalance`]), carried ones
+/// included. Consumer errors are logged and consumption goes on (librdkafka reconnects by itself,
+/// e.g. while a broker restarts), except fatal ones, which end the pipeline: the consumer will
+/// never deliver again. One is a static member fenced by its own earlier session after that
+/// session timed out during a Kafka outage longer than `session.timeout.ms` (librdkafka issue
+/// #3437). Nothing of the batch being collected was written yet, so the restarted service
+/// consumes it again from the committed offsets.
 async fn collect(
     consumer: &GroupConsumer,
     settings: &Settings,
+    carried: Batch,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Batch, ConsumerGroupMetadata)>> {
-    let mut batch = Batch {
-        events: Vec::new(),
-        positions: Vec::new(),
-        first_received: Instant::now(),
-    };
-    let mut deadline = None;
+    let mut batch = carried;
+    // Carried records are ready now: the batch takes what else is already there, no more.
+    let mut deadline = (!batch.events.is_empty()).then(tokio::time::Instant::now);
+    let mut revoked = consumer.context().take_revoked();
     loop {
-        if batch.events.len() >= settings.batch_max_events {
-            break;
-        }
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = sleep_until(deadline) => None,
-            received = consumer.recv() => Some(received),
-        };
-        let revoked = consumer.context().take_revoked();
         if revoked != rebalance::Revoked::Nothing {
             let before = batch.events.len();
             batch.retain_partitions(|partition| !revoked.contains(partition));
@@ -545,6 +712,18 @@ async fn collect(
                 );
             }
         }
+        if batch.events.len() >= settings.batch_max_events {
+            break;
+        }
+        // A record that is there already goes before the deadline, so that a batch closing on
+        // its deadline takes what is ready.
+        let received = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            received = consumer.recv() => Some(received),
+            _ = sleep_until(deadline) => None,
+        };
+        revoked = consumer.context().take_revoked();
         let Some(received) = received else {
             if batch.events.is_empty() {
                 deadline = None;
@@ -561,6 +740,7 @@ async fn collect(
                 batch.events.push(InputEvent {
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().unwrap_or_default().to_vec(),
+                    resume: None,
                 });
                 batch.positions.push(Position {
                     partition: message.partition(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::guest::{
-    CallError, GuestIdentity, GuestInstance, GuestSlot, InputEvent, LoadedGuest, Outcome,
+    Budget, CallError, GuestIdentity, GuestInstance, GuestSlot, InputEvent, LoadedGuest, Outcome,
     SubscriberDirectory,
 };
 
@@ -48,6 +48,7 @@ impl Transformer {
         &mut self,
         now: i64,
         events: &[InputEvent],
+        budget: Budget,
     ) -> Result<Vec<Outcome>, TransformError> {
         let current = self.slot.current();
         if !Arc::ptr_eq(&current, &self.guest) {
@@ -62,7 +63,7 @@ impl Transformer {
             );
             self.guest = current;
         }
-        self.transform(now, events)
+        self.transform(now, events, budget)
     }
 
     /// One outcome per event. When the guest traps, the instance (whose state may be corrupt) is
@@ -72,8 +73,9 @@ impl Transformer {
         &mut self,
         now: i64,
         events: &[InputEvent],
+        budget: Budget,
     ) -> Result<Vec<Outcome>, TransformError> {
-        match self.instance.transform_batch(now, events) {
+        match self.instance.transform_batch(now, events, budget) {
             Ok(outcomes) => Ok(outcomes),
             Err(error @ CallError::NowOutOfRange(_)) => Err(TransformError(error)),
             Err(failure) => {
@@ -93,10 +95,33 @@ impl Transformer {
                         .collect());
                 }
                 let (left, right) = events.split_at(events.len() / 2);
-                let mut outcomes = self.transform(now, left)?;
-                outcomes.extend(self.transform(now, right)?);
+                let mut outcomes = self.transform(now, left, budget)?;
+                let rest = remaining_after(budget, &outcomes);
+                outcomes.extend(self.transform(now, right, rest)?);
                 Ok(outcomes)
             }
         }
+    }
+}
+
+/// What `budget` leaves after `outcomes`.
+fn remaining_after(budget: Budget, outcomes: &[Outcome]) -> Budget {
+    let (outputs, bytes) = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Outcome::FanOut(fan_out) => Some(fan_out),
+            _ => None,
+        })
+        .fold((0usize, 0usize), |(outputs, bytes), fan_out| {
+            (
+                outputs + fan_out.client_ids.len(),
+                bytes + fan_out.client_ids.data.len() + fan_out.messages.data.len(),
+            )
+        });
+    Budget {
+        outputs: budget
+            .outputs
+            .saturating_sub(u32::try_from(outputs).unwrap_or(u32::MAX)),
+        bytes: budget.bytes.saturating_sub(bytes as u64),
     }
 }

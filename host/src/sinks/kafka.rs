@@ -15,7 +15,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::SinkError;
 use crate::guest::GuestIdentity;
-use crate::plan::Decision;
+use crate::plan::{Commit, Decision};
 
 pub use crate::records::headers;
 
@@ -90,7 +90,8 @@ impl KafkaSink {
     }
 
     /// Sends what `decisions` hold (messages and dead letters, each with the headers of the guest
-    /// that decided it) and commits `next_offsets` for the consumer group, atomically. After a retryable error the caller repeats the call with the same
+    /// that decided it) and commits `commits` for the consumer group, atomically. After a
+    /// retryable error the caller repeats the call with the same
     /// arguments (the pipeline retries a batch until it is written): the repeat first finishes
     /// what the failed call left pending (see [`Pending`]), resuming a commit whose outcome is not
     /// known instead of sending the batch again, and aborting a failed transaction before the
@@ -98,7 +99,7 @@ impl KafkaSink {
     pub fn write(
         &mut self,
         decisions: &[Decision<'_>],
-        next_offsets: &BTreeMap<i32, i64>,
+        commits: &BTreeMap<i32, Commit>,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         tokio::task::block_in_place(|| {
@@ -112,7 +113,7 @@ impl KafkaSink {
                 .begin_transaction()
                 .map_err(|e| classify("beginning a transaction", e))?;
             self.pending = Pending::Abort;
-            if let Err(error) = self.send_all(decisions, next_offsets, group) {
+            if let Err(error) = self.send_all(decisions, commits, group) {
                 // Now rather than at the next call, so that a retry starts from a clean producer
                 // (if the abort cannot finish yet, the next call resumes it), and so that nothing
                 // of a batch this host must give up lingers until the transaction times out.
@@ -207,7 +208,7 @@ impl KafkaSink {
     fn send_all(
         &self,
         decisions: &[Decision<'_>],
-        next_offsets: &BTreeMap<i32, i64>,
+        commits: &BTreeMap<i32, Commit>,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         let mut guest_headers = GuestHeaders::default();
@@ -226,7 +227,7 @@ impl KafkaSink {
                 self.enqueue_dead_letter(decision, reason, headers.clone())?;
             }
         }
-        let offsets = offsets_list(&self.topics.input, next_offsets)?;
+        let offsets = offsets_list(&self.topics.input, commits)?;
         self.producer
             .send_offsets_to_transaction(&offsets, group, self.timeout)
             .map_err(|e| classify("committing offsets in the transaction", e))
@@ -311,14 +312,33 @@ impl KafkaSink {
 
 fn offsets_list(
     topic: &str,
-    next_offsets: &BTreeMap<i32, i64>,
+    commits: &BTreeMap<i32, Commit>,
 ) -> Result<TopicPartitionList, SinkError> {
     let mut list = TopicPartitionList::new();
-    for (&partition, &next) in next_offsets {
-        list.add_partition_offset(topic, partition, Offset::Offset(next))
+    for (&partition, commit) in commits {
+        list.add_partition_offset(topic, partition, Offset::Offset(commit.offset))
             .map_err(|e| fatal("building the offset list", e))?;
+        list.find_partition(topic, partition)
+            .expect("added above")
+            .set_metadata(commit.metadata());
     }
     Ok(list)
+}
+
+/// The commits that a list of committed offsets read from the group coordinator holds, for the
+/// partitions that have one.
+pub fn commits_of(committed: &TopicPartitionList) -> BTreeMap<i32, Commit> {
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some((
+                element.partition(),
+                Commit::from_committed(offset, element.metadata()),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 fn fatal(what: &str, error: KafkaError) -> SinkError {

@@ -17,7 +17,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use super::SinkError;
 use crate::guest::GuestIdentity;
-use crate::plan::{Candidate, Decision, Position, StoredDecision};
+use crate::plan::{Candidate, Commit, Decision, Position, StoredDecision};
 
 const INSERT_PAIRS: &str = "WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(adv_campaign_id, client_id, idx)
@@ -28,6 +28,26 @@ const INSERT_PAIRS: &str = "WITH input AS (
     RETURNING adv_campaign_id, client_id
 )
 SELECT input.idx FROM input JOIN new USING (adv_campaign_id, client_id)";
+
+/// The campaigns of the pairs, with their latest end, for the ledger's retention; in a fixed order
+/// so that two hosts writing the same campaigns lock them in the same order.
+const UPSERT_CAMPAIGNS: &str = "INSERT INTO campaign_push_campaigns (adv_campaign_id, ends_at)
+SELECT adv_campaign_id, max(ends_at)
+FROM unnest($1::text[], $2::int8[]) AS u(adv_campaign_id, ends_at)
+GROUP BY adv_campaign_id ORDER BY adv_campaign_id
+ON CONFLICT (adv_campaign_id) DO UPDATE SET ends_at = EXCLUDED.ends_at
+WHERE campaign_push_campaigns.ends_at < EXCLUDED.ends_at";
+
+/// Up to `$2` ledger rows of campaigns that ended before `$1`, in one short statement.
+const PURGE_PAIRS: &str = "DELETE FROM campaign_push_deliveries WHERE ctid = ANY (ARRAY(
+    SELECT d.ctid FROM campaign_push_campaigns c
+    JOIN campaign_push_deliveries d USING (adv_campaign_id)
+    WHERE c.ends_at < $1 LIMIT $2))";
+
+/// Campaigns that ended before `$1` and have no pair left.
+const PURGE_CAMPAIGNS: &str = "DELETE FROM campaign_push_campaigns c
+WHERE c.ends_at < $1 AND NOT EXISTS (
+    SELECT 1 FROM campaign_push_deliveries d WHERE d.adv_campaign_id = c.adv_campaign_id)";
 
 const FEEDBACK_COPY: &str = "COPY public.subscribers_feedback (
     restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
@@ -47,37 +67,50 @@ const FEEDBACK_TYPES: [Type; 10] = [
 ];
 
 const DECISIONS_COPY: &str = "COPY campaign_push_decisions (
-    source_topic, source_partition, source_offset, decided_at, guest_version, guest_sha256,
-    dead_letter_reason, message_keys, message_values) FROM STDIN (FORMAT binary)";
-const DECISION_TYPES: [Type; 9] = [
+    source_topic, source_partition, source_offset, part, decided_at, guest_version, guest_sha256,
+    dead_letter_reason, message_keys, message_values, continue_after) FROM STDIN (FORMAT binary)";
+const DECISION_TYPES: [Type; 11] = [
     Type::TEXT,
     Type::INT4,
     Type::INT8,
+    Type::INT4,
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT_ARRAY,
     Type::TEXT_ARRAY,
+    Type::TEXT,
 ];
 /// A decision already stored for one of the records: another attempt decided first.
 const DECISIONS_KEY: &str = "campaign_push_decisions_pkey";
 
+/// Everything but the messages: a part already delivered is read for where it stopped, and its
+/// messages (a whole part's worth) are not needed.
 const RECALL: &str = "SELECT d.source_partition, d.source_offset, d.decided_at, d.guest_version,
-    d.guest_sha256, d.dead_letter_reason, d.message_keys, d.message_values
+    d.guest_sha256, d.dead_letter_reason, d.part, d.continue_after
 FROM campaign_push_decisions d
 JOIN unnest($2::int4[], $3::int8[], $4::int8[]) AS r(source_partition, first, last)
   ON d.source_partition = r.source_partition AND d.source_offset BETWEEN r.first AND r.last
 WHERE d.source_topic = $1";
 
-/// One statement for every partition, so that confirming costs one round trip per batch.
+const RECALL_MESSAGES: &str = "SELECT d.source_partition, d.source_offset, d.part, d.message_keys,
+    d.message_values
+FROM campaign_push_decisions d
+JOIN unnest($2::int4[], $3::int8[], $4::int4[]) AS r(source_partition, source_offset, part)
+  USING (source_partition, source_offset, part)
+WHERE d.source_topic = $1";
+
+/// One statement for every partition, so that confirming costs one round trip per batch. Of a
+/// record delivered in parts so far, the last delivered part stays: the next goes on from it.
 const FORGET: &str = "DELETE FROM campaign_push_decisions d
-USING unnest($2::int4[], $3::int8[]) AS c(source_partition, next_offset)
+USING unnest($2::int4[], $3::int8[], $4::int4[]) AS c(source_partition, next_offset, parts)
 WHERE d.source_topic = $1 AND d.source_partition = c.source_partition
-  AND d.source_offset < c.next_offset";
+  AND (d.source_offset < c.next_offset
+       OR (d.source_offset = c.next_offset AND d.part + 1 < c.parts))";
 
 /// The stored decisions of `topic` for records within `ranges` (per partition, first and last
-/// offset, inclusive).
+/// offset, inclusive), without their messages (see [`recall_messages`]).
 pub async fn recall(
     client: &Client,
     topic: &str,
@@ -103,28 +136,88 @@ pub async fn recall(
                 sha256: row.get(4),
             },
             dead_letter: row.get(5),
-            keys: row.get(6),
-            values: row.get(7),
+            keys: Vec::new(),
+            values: Vec::new(),
+            part: row.get::<_, i32>(6) as u32,
+            continue_after: row.get(7),
         })
         .collect())
 }
 
-/// Deletes the stored decisions of `topic` before `next_offsets`: the consumer group's committed
-/// offsets prove that those records' Kafka transactions committed.
+/// Reads the messages of `decisions` (recalled by [`recall`]) from `topic`'s stored decisions.
+pub async fn recall_messages(
+    client: &Client,
+    topic: &str,
+    decisions: &mut [&mut StoredDecision],
+) -> Result<(), SinkError> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let partitions: Vec<i32> = decisions.iter().map(|d| d.source.partition).collect();
+    let offsets: Vec<i64> = decisions.iter().map(|d| d.source.offset).collect();
+    let parts: Vec<i32> = decisions.iter().map(|d| d.part as i32).collect();
+    let rows = client
+        .query(RECALL_MESSAGES, &[&topic, &partitions, &offsets, &parts])
+        .await
+        .map_err(|e| classify(&e))?;
+    for row in rows {
+        let (partition, offset, part): (i32, i64, i32) = (row.get(0), row.get(1), row.get(2));
+        if let Some(decision) = decisions.iter_mut().find(|d| {
+            (d.source.partition, d.source.offset, d.part as i32) == (partition, offset, part)
+        }) {
+            decision.keys = row.get(3);
+            decision.values = row.get(4);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the stored decisions of `topic` that `commits` (the consumer group's committed
+/// offsets) prove delivered: their Kafka transactions committed.
 pub async fn forget_committed(
     client: &impl GenericClient,
     topic: &str,
-    next_offsets: &BTreeMap<i32, i64>,
+    commits: &BTreeMap<i32, Commit>,
 ) -> Result<u64, SinkError> {
-    if next_offsets.is_empty() {
+    if commits.is_empty() {
         return Ok(0);
     }
-    let partitions: Vec<i32> = next_offsets.keys().copied().collect();
-    let offsets: Vec<i64> = next_offsets.values().copied().collect();
+    let partitions: Vec<i32> = commits.keys().copied().collect();
+    let offsets: Vec<i64> = commits.values().map(|commit| commit.offset).collect();
+    let parts: Vec<i32> = commits
+        .values()
+        .map(|commit| i32::try_from(commit.parts_delivered).unwrap_or(i32::MAX))
+        .collect();
     client
-        .execute(FORGET, &[&topic, &partitions, &offsets])
+        .execute(FORGET, &[&topic, &partitions, &offsets, &parts])
         .await
         .map_err(|e| classify(&e))
+}
+
+/// Deletes the ledger's pairs of the campaigns that ended before `cutoff` (Unix epoch seconds),
+/// `chunk` rows per statement so that no statement holds its locks for long, then those
+/// campaigns. Returns the pairs deleted.
+pub async fn purge_ended_campaigns(
+    client: &impl GenericClient,
+    cutoff: i64,
+    chunk: i64,
+) -> Result<u64, SinkError> {
+    let mut purged = 0;
+    loop {
+        let deleted = client
+            .execute(PURGE_PAIRS, &[&cutoff, &chunk])
+            .await
+            .map_err(|e| classify(&e))?;
+        purged += deleted;
+        if deleted < chunk as u64 {
+            break;
+        }
+    }
+    client
+        .execute(PURGE_CAMPAIGNS, &[&cutoff])
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(purged)
 }
 
 /// What [`write`] decided, in the order of its candidates.
@@ -135,9 +228,9 @@ pub struct Written<'a> {
     pub rows_inserted: u64,
 }
 
-/// Stores the decisions of `candidates`, taken by `guest` at `now`, in one transaction; see the
-/// module doc. `confirmed` (the next offsets of the last batch whose Kafka transaction committed)
-/// are forgotten in the same transaction, saving a round trip.
+/// Stores the decisions of `candidates`, taken by `guest`, in one transaction; see the module
+/// doc. `confirmed` (the commits of the last batch whose Kafka transaction committed) are
+/// forgotten in the same transaction, saving a round trip.
 ///
 /// [`SinkError::Refused`] means that the database refused the data of one of the candidates for
 /// good; [`SinkError::Conflict`], that another attempt stored a decision for one of them first.
@@ -146,12 +239,11 @@ pub async fn write<'a>(
     topic: &str,
     candidates: &[&Candidate<'a>],
     guest: &'a GuestIdentity,
-    now: i64,
-    confirmed: &BTreeMap<i32, i64>,
+    confirmed: &BTreeMap<i32, Commit>,
 ) -> Result<Written<'a>, SinkError> {
     let transaction = client.transaction().await.map_err(|e| classify(&e))?;
     forget_committed(&transaction, topic, confirmed).await?;
-    let written = decide(&transaction, topic, candidates, guest, now)
+    let written = decide(&transaction, topic, candidates, guest)
         .await
         .map_err(|e| classify(&e))?;
     crate::crash_point!("before-postgres-commit");
@@ -164,7 +256,6 @@ async fn decide<'a>(
     topic: &str,
     candidates: &[&Candidate<'a>],
     guest: &'a GuestIdentity,
-    now: i64,
 ) -> Result<Written<'a>, tokio_postgres::Error> {
     let deliveries: Vec<_> = candidates
         .iter()
@@ -174,10 +265,20 @@ async fn decide<'a>(
     if !deliveries.is_empty() {
         let campaigns: Vec<&str> = deliveries.iter().map(|d| d.row.adv_campaign_id).collect();
         let clients: Vec<&str> = deliveries.iter().map(|d| d.row.client_id).collect();
-        for row in transaction
-            .query(INSERT_PAIRS, &[&campaigns, &clients])
-            .await?
-        {
+        // One entry per candidate, not per pair: a candidate's pairs share their campaign.
+        let (ended, ends): (Vec<&str>, Vec<i64>) = candidates
+            .iter()
+            .filter_map(|candidate| candidate.deliveries().first())
+            .map(|d| (d.row.adv_campaign_id, d.row.adv_campaign_datetime_end))
+            .unzip();
+        // Both statements in flight at once on the connection: one round trip, not two.
+        let pair_params: [&(dyn ToSql + Sync); 2] = [&campaigns, &clients];
+        let campaign_params: [&(dyn ToSql + Sync); 2] = [&ended, &ends];
+        let (pairs, _) = futures::try_join!(
+            transaction.query(INSERT_PAIRS, &pair_params),
+            transaction.execute(UPSERT_CAMPAIGNS, &campaign_params),
+        )?;
+        for row in pairs {
             let ordinal: i64 = row.get(0);
             is_new[(ordinal - 1) as usize] = true;
         }
@@ -227,7 +328,7 @@ async fn decide<'a>(
 
     let sink = transaction.copy_in(DECISIONS_COPY).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &DECISION_TYPES));
-    for decision in &decisions {
+    for (decision, candidate) in decisions.iter().zip(candidates) {
         // PostgreSQL text cannot hold U+0000, and a reason is the guest's free text.
         let reason = decision
             .dead_letter
@@ -235,16 +336,19 @@ async fn decide<'a>(
             .map(|reason| reason.replace('\0', "\\u0000"));
         let keys: Vec<&str> = decision.messages.iter().map(|m| m.key).collect();
         let values: Vec<&str> = decision.messages.iter().map(|m| m.value).collect();
-        let row: [&(dyn ToSql + Sync); 9] = [
+        let part = i32::try_from(candidate.part).expect("fewer than 2^31 parts");
+        let row: [&(dyn ToSql + Sync); 11] = [
             &topic,
             &decision.source.partition,
             &decision.source.offset,
-            &now,
+            &part,
+            &candidate.decided_at,
             &guest.version,
             &guest.sha256,
             &reason,
             &keys,
             &values,
+            &candidate.continue_after,
         ];
         writer.as_mut().write(&row).await?;
     }

@@ -250,7 +250,7 @@ impl SubscriberCache {
     }
 
     /// The clients of one restaurant without copying them (the hot path uses
-    /// [`SubscriberDirectory::clients_of`]).
+    /// [`SubscriberDirectory::clients_page`]).
     pub fn clients(&self, restaurant_id: &str) -> Option<Arc<ClientList>> {
         self.shared.read().clients(restaurant_id)
     }
@@ -289,8 +289,13 @@ impl SubscriberCache {
 impl SubscriberDirectory for SubscriberCache {
     /// A read lock held for one hash lookup and an `Arc` clone; the formatting happens after it
     /// is released. Never waits on I/O.
-    fn clients_of(&self, restaurant_id: &str) -> PackedStrings {
+    fn clients_page(
+        &self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> PackedStrings {
         self.clients(restaurant_id)
-            .map_or_else(PackedStrings::default, |list| list.pack())
+            .map_or_else(PackedStrings::default, |list| list.page(after, limit))
     }
 }

@@ -8,7 +8,9 @@
 //!   reconnects with capped backoff after a loss, serving its last table meanwhile.
 //! - [`SubscriberCache`] is a [`SubscriberDirectory`](crate::guest::SubscriberDirectory): the
 //!   guest's `subscribers-of` import reads it from the blocking threads that run Wasm, without
-//!   awaiting anything: a read lock for one hash lookup and an `Arc` clone, then formatting.
+//!   awaiting anything: a read lock for one hash lookup and an `Arc` clone, then formatting one
+//!   page of the restaurant's clients, which are kept in order so that a fan-out can be cut into
+//!   parts and go on where it stopped.
 //!
 //! # Freshness
 //! A committed change of `subscribers_restaurants` is visible to every lookup that starts after
@@ -50,7 +52,7 @@ pub use cache::{CacheError, CacheOptions, CacheStats, SubscriberCache};
 pub use change::{Change, PayloadError};
 pub use connect::{Connect, ConnectionMessages, DEFAULT_APPLICATION_NAME, PgConnector};
 pub use key::canonical_uuid;
-pub use table::{Applied, ClientList, SubscriberTable};
+pub use table::{Applied, ClientList, SubscriberTable, TableLoader};
 
 /// The NOTIFY channel of the trigger in `host/migrations/001_subscriber_changes.sql`.
 pub const DEFAULT_CHANNEL: &str = "campaign_push_subscribers";

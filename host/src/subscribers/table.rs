@@ -19,16 +19,17 @@ use super::change::Change;
 use super::key::{IdKey, Interner, UUID_TEXT_LEN, canonical_uuid};
 use crate::guest::SubscriberDirectory;
 
-/// The clients of one restaurant, with the id of the row that subscribed each.
+/// The clients of one restaurant, with the id of the row that subscribed each, in ascending byte
+/// order of the client id's text: the order in which a fan-out walks them, so that a fan-out cut
+/// into parts can go on after the last client it reached (see [`ClientList::page`]).
 ///
 /// Canonical UUIDs and other texts are kept apart so that a UUID costs 16 bytes plus the 4-byte
-/// row id. Order is not meaningful (removal swaps the last entry in).
+/// row id. The canonical text of a UUID (lowercase hex, hyphens at fixed places) sorts like its
+/// bytes, so each vector is sorted by its own key and a page merges the two.
 #[derive(Debug, Clone, Default)]
 pub struct ClientList {
-    uuids: Vec<Uuid>,
-    uuid_rows: Vec<i32>,
-    texts: Vec<Arc<str>>,
-    text_rows: Vec<i32>,
+    uuids: Vec<(Uuid, i32)>,
+    texts: Vec<(Arc<str>, i32)>,
 }
 
 impl ClientList {
@@ -40,73 +41,129 @@ impl ClientList {
         self.len() == 0
     }
 
-    /// The client ids as exact text, duplicates included: one allocation for the bytes, one for
-    /// the offsets, UUIDs formatted straight into the buffer.
+    /// Every client id as exact text, in order, duplicates included.
     pub fn pack(&self) -> PackedStrings {
-        let text_bytes: usize = self.texts.iter().map(|t| t.len()).sum();
-        let mut packed =
-            PackedStrings::with_capacity(self.len(), self.uuids.len() * UUID_TEXT_LEN + text_bytes);
-        for uuid in &self.uuids {
-            let start = packed.data.len();
-            packed.data.resize(start + UUID_TEXT_LEN, 0);
-            uuid.hyphenated().encode_lower(&mut packed.data[start..]);
-            packed.seal();
-        }
-        for text in &self.texts {
-            packed.push(text);
+        self.page(None, usize::MAX)
+    }
+
+    /// Up to `limit` client ids as exact text, in order, starting after `after` (exclusive):
+    /// one allocation for the bytes, one for the offsets, UUIDs formatted straight into the
+    /// buffer. Duplicates (two rows subscribing one client) come back next to each other.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> PackedStrings {
+        let (mut u, mut t) = match after {
+            None => (0, 0),
+            Some(after) => {
+                let after = after.as_bytes();
+                let mut buffer = [0u8; UUID_TEXT_LEN];
+                (
+                    self.uuids.partition_point(|(uuid, _)| {
+                        uuid_text(uuid, &mut buffer).as_bytes() <= after
+                    }),
+                    self.texts
+                        .partition_point(|(text, _)| text.as_bytes() <= after),
+                )
+            }
+        };
+        let count = limit.min(self.len() - u - t);
+        let mut packed = PackedStrings::with_capacity(count, count * UUID_TEXT_LEN);
+        let mut buffer = [0u8; UUID_TEXT_LEN];
+        while packed.len() < limit {
+            let uuid = self
+                .uuids
+                .get(u)
+                .map(|(uuid, _)| uuid_text(uuid, &mut buffer));
+            let text = self.texts.get(t).map(|(text, _)| &**text);
+            match (uuid, text) {
+                (Some(uuid), Some(text)) if text < uuid => {
+                    packed.push(text);
+                    t += 1;
+                }
+                (Some(uuid), _) => {
+                    packed.push(uuid);
+                    u += 1;
+                }
+                (None, Some(text)) => {
+                    packed.push(text);
+                    t += 1;
+                }
+                (None, None) => break,
+            }
         }
         packed
     }
 
     /// `(row id, client id)` pairs, for tests and diagnostics (allocates per UUID).
     pub fn entries(&self) -> impl Iterator<Item = (i32, String)> + '_ {
-        let uuids = self.uuid_rows.iter().zip(&self.uuids);
-        let uuids = uuids.map(|(&row, uuid)| (row, uuid.hyphenated().to_string()));
-        let texts = self.text_rows.iter().zip(&self.texts);
-        uuids.chain(texts.map(|(&row, text)| (row, text.to_string())))
+        let uuids = self
+            .uuids
+            .iter()
+            .map(|(uuid, row)| (*row, uuid.hyphenated().to_string()));
+        uuids.chain(
+            self.texts
+                .iter()
+                .map(|(text, row)| (*row, text.to_string())),
+        )
     }
 
-    fn push(&mut self, row: i32, client: Client) {
-        match client {
-            Client::Uuid(uuid) => {
-                self.uuids.push(uuid);
-                self.uuid_rows.push(row);
+    /// Adds row `row`, in order, or at the end when the list is being loaded (see
+    /// [`TableLoader`]).
+    fn insert(&mut self, row: i32, client: Client, order: Order) {
+        match (client, order) {
+            (Client::Uuid(uuid), Order::Kept) => {
+                let at = self.uuids.partition_point(|(other, _)| *other <= uuid);
+                self.uuids.insert(at, (uuid, row));
             }
-            Client::Text(text) => {
-                self.texts.push(text);
-                self.text_rows.push(row);
+            (Client::Text(text), Order::Kept) => {
+                let at = self.texts.partition_point(|(other, _)| **other <= *text);
+                self.texts.insert(at, (text, row));
             }
+            (Client::Uuid(uuid), Order::Deferred) => self.uuids.push((uuid, row)),
+            (Client::Text(text), Order::Deferred) => self.texts.push((text, row)),
         }
+    }
+
+    fn sort(&mut self) {
+        self.uuids.sort_unstable_by_key(|(uuid, _)| *uuid);
+        self.texts.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
     }
 
     /// Removes row `row`; returns its client text if it had one, for the interner.
     fn remove(&mut self, row: i32) -> Option<Arc<str>> {
-        if let Some(i) = self.uuid_rows.iter().position(|&r| r == row) {
-            self.uuid_rows.swap_remove(i);
-            self.uuids.swap_remove(i);
+        if let Some(i) = self.uuids.iter().position(|&(_, r)| r == row) {
+            self.uuids.remove(i);
             return None;
         }
-        let i = self.text_rows.iter().position(|&r| r == row)?;
-        self.text_rows.swap_remove(i);
-        Some(self.texts.swap_remove(i))
+        let i = self.texts.iter().position(|&(_, r)| r == row)?;
+        Some(self.texts.remove(i).0)
     }
 
     /// Whether row `row` is here with exactly this client id.
     fn holds(&self, row: i32, client_id: &str) -> bool {
-        if let Some(i) = self.uuid_rows.iter().position(|&r| r == row) {
-            return canonical_uuid(client_id) == Some(self.uuids[i]);
+        if let Some(&(uuid, _)) = self.uuids.iter().find(|&&(_, r)| r == row) {
+            return canonical_uuid(client_id) == Some(uuid);
         }
-        match self.text_rows.iter().position(|&r| r == row) {
-            Some(i) => &*self.texts[i] == client_id,
-            None => false,
-        }
+        self.texts
+            .iter()
+            .any(|(text, r)| *r == row && &**text == client_id)
     }
 
     fn heap_bytes(&self) -> usize {
-        self.uuids.capacity() * size_of::<Uuid>()
-            + (self.uuid_rows.capacity() + self.text_rows.capacity()) * size_of::<i32>()
-            + self.texts.capacity() * size_of::<Arc<str>>()
+        self.uuids.capacity() * size_of::<(Uuid, i32)>()
+            + self.texts.capacity() * size_of::<(Arc<str>, i32)>()
     }
+}
+
+/// The canonical text of `uuid`, formatted into `buffer`.
+fn uuid_text<'b>(uuid: &Uuid, buffer: &'b mut [u8; UUID_TEXT_LEN]) -> &'b str {
+    uuid.hyphenated().encode_lower(buffer)
+}
+
+/// Whether an insertion keeps a client list in order, or leaves that to one sort at the end of a
+/// load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Kept,
+    Deferred,
 }
 
 enum Client {
@@ -150,11 +207,11 @@ impl SubscriberTable {
 
     /// The table made of these `(id, client_id, restaurant_id)` rows.
     pub fn from_rows<'a>(rows: impl IntoIterator<Item = (i32, &'a str, &'a str)>) -> Self {
-        let mut table = Self::new();
+        let mut loader = TableLoader::default();
         for (id, client_id, restaurant_id) in rows {
-            table.upsert(id, client_id, restaurant_id);
+            loader.upsert(id, client_id, restaurant_id);
         }
-        table
+        loader.finish()
     }
 
     pub fn row_count(&self) -> usize {
@@ -190,6 +247,16 @@ impl SubscriberTable {
     /// Sets row `id` to these values, inserting it or moving it; a replay of the current values
     /// changes nothing.
     pub fn upsert(&mut self, id: i32, client_id: &str, restaurant_id: &str) -> Applied {
+        self.upsert_in(id, client_id, restaurant_id, Order::Kept)
+    }
+
+    fn upsert_in(
+        &mut self,
+        id: i32,
+        client_id: &str,
+        restaurant_id: &str,
+        order: Order,
+    ) -> Applied {
         if let Some(&slot) = self.rows.get(&id) {
             if self.slot_of(restaurant_id) == Some(slot) && self.list(slot).holds(id, client_id) {
                 return Applied::Unchanged;
@@ -204,7 +271,7 @@ impl SubscriberTable {
         let restaurant = self.restaurants[slot as usize]
             .as_mut()
             .expect("a slot just looked up is live");
-        Arc::make_mut(&mut restaurant.clients).push(id, client);
+        Arc::make_mut(&mut restaurant.clients).insert(id, client, order);
         self.rows.insert(id, slot);
         Applied::Changed
     }
@@ -335,6 +402,29 @@ impl SubscriberTable {
     }
 }
 
+/// Builds a [`SubscriberTable`] from many rows, e.g. a full load of the database table: each
+/// restaurant's clients are sorted once at the end, where keeping them in order row by row would
+/// cost quadratic time for a restaurant with a million subscribers.
+#[derive(Debug, Default)]
+pub struct TableLoader {
+    table: SubscriberTable,
+}
+
+impl TableLoader {
+    /// As [`SubscriberTable::upsert`].
+    pub fn upsert(&mut self, id: i32, client_id: &str, restaurant_id: &str) -> Applied {
+        self.table
+            .upsert_in(id, client_id, restaurant_id, Order::Deferred)
+    }
+
+    pub fn finish(mut self) -> SubscriberTable {
+        for restaurant in self.table.restaurants.iter_mut().flatten() {
+            Arc::make_mut(&mut restaurant.clients).sort();
+        }
+        self.table
+    }
+}
+
 /// Counts only: the table may hold millions of rows.
 impl std::fmt::Debug for SubscriberTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -346,9 +436,14 @@ impl std::fmt::Debug for SubscriberTable {
 }
 
 impl SubscriberDirectory for SubscriberTable {
-    fn clients_of(&self, restaurant_id: &str) -> PackedStrings {
+    fn clients_page(
+        &self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> PackedStrings {
         self.clients(restaurant_id)
-            .map_or_else(PackedStrings::default, |list| list.pack())
+            .map_or_else(PackedStrings::default, |list| list.page(after, limit))
     }
 }
 
@@ -362,7 +457,7 @@ mod tests {
 
     fn sorted(table: &SubscriberTable, restaurant: &str) -> Vec<String> {
         let mut clients: Vec<String> = table
-            .clients_of(restaurant)
+            .clients_page(restaurant, None, usize::MAX)
             .iter()
             .map(|s| s.unwrap().to_owned())
             .collect();
@@ -417,9 +512,9 @@ mod tests {
         assert_eq!(r0.len(), 8);
         assert_eq!(r0[0], "023e4567-e89b-12d3-a456-426614174000");
         assert_eq!(sorted(&table, R1), vec![C9, C9]);
-        assert!(table.clients_of("nobody").is_empty());
+        assert!(table.clients_page("nobody", None, 1).is_empty());
         // Exact text: the uppercase spelling of a stored lowercase id is another restaurant.
-        assert!(table.clients_of(&R0.to_uppercase()).is_empty());
+        assert!(table.clients_page(&R0.to_uppercase(), None, 1).is_empty());
     }
 
     #[test]
@@ -434,7 +529,7 @@ mod tests {
         check(&table);
         assert_eq!(sorted(&table, "abc"), vec![upper, R0, braced]);
         assert_eq!(sorted(&table, upper), vec!["abc"]);
-        assert!(table.clients_of(R0).is_empty());
+        assert!(table.clients_page(R0, None, 1).is_empty());
         assert_eq!(table.row(2), Some(("abc".into(), upper.into())));
         // "abc" as client and as restaurant is one shared text, as is `upper`, plus `braced`.
         assert_eq!(table.interner.len(), 3);
@@ -450,7 +545,7 @@ mod tests {
         assert_eq!(sorted(&table, R1), vec![C9]);
         assert_eq!(table.delete(9), Applied::Changed);
         check(&table);
-        assert!(table.clients_of(R1).is_empty());
+        assert!(table.clients_page(R1, None, 1).is_empty());
         assert_eq!(table.restaurant_count(), 1);
     }
 
@@ -548,7 +643,7 @@ mod tests {
         assert_eq!(old.row_count(), 10);
         assert_eq!(table.row_count(), 1);
         assert_eq!(sorted(&table, R1), vec!["z"]);
-        assert!(table.clients_of(R0).is_empty());
+        assert!(table.clients_page(R0, None, 1).is_empty());
     }
 
     #[test]
@@ -591,6 +686,82 @@ mod tests {
             assert_eq!(table.interner.len(), 0);
             assert!(table.restaurants.len() <= 10);
         }
+    }
+
+    fn page(
+        table: &SubscriberTable,
+        restaurant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<String> {
+        table
+            .clients_page(restaurant, after, limit)
+            .iter()
+            .map(|s| s.unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_uuids_and_texts_in_byte_order_whatever_the_insertion_order() {
+        let upper = "123E4567-E89B-12D3-A456-426614174000";
+        let clients = [C9, "zeta", upper, R1, "alpha", R0, C9, "{braced}"];
+        let rows = || clients.iter().zip(1..).map(|(c, id)| (id, *c, "r"));
+        let loaded = SubscriberTable::from_rows(rows());
+        let mut incremental = SubscriberTable::new();
+        for (id, client, restaurant) in rows() {
+            incremental.upsert(id, client, restaurant);
+        }
+        let mut expected: Vec<&str> = clients.to_vec();
+        expected.sort();
+        for table in [&loaded, &incremental] {
+            check(table);
+            assert_eq!(page(table, "r", None, usize::MAX), expected);
+            // Pages of 3 after the last id of the previous page: every id once, duplicates
+            // adjacent, nothing skipped.
+            let mut walked: Vec<String> = Vec::new();
+            loop {
+                let next = page(table, "r", walked.last().map(String::as_str), 3);
+                walked.extend(next.iter().cloned());
+                if next.len() < 3 {
+                    break;
+                }
+            }
+            // A duplicate may sit inside a page, never across a page boundary.
+            walked.dedup();
+            let mut distinct = expected.clone();
+            distinct.dedup();
+            assert_eq!(walked, distinct, "a page starts strictly after `after`");
+            assert_eq!(page(table, "r", Some("1"), 2), vec![upper, R0]);
+            assert_eq!(page(table, "r", Some("b"), 5), vec!["zeta", "{braced}"]);
+            assert_eq!(page(table, "r", Some("{braced}"), 5), Vec::<String>::new());
+            assert_eq!(page(table, "r", Some("{"), 5), vec!["{braced}"]);
+        }
+    }
+
+    #[test]
+    fn changes_keep_the_order_after_a_load() {
+        let mut table = sample();
+        table.upsert(30, "000-first", R0);
+        table.upsert(31, "ffff-last", R0);
+        table.delete(3);
+        table.apply(&Change::Update {
+            old_id: 4,
+            id: 4,
+            client_id: "7".into(),
+            restaurant_id: R0.into(),
+        });
+        check(&table);
+        let clients = page(&table, R0, None, usize::MAX);
+        let mut sorted = clients.clone();
+        sorted.sort();
+        assert_eq!(clients, sorted);
+        assert_eq!(clients.first().map(String::as_str), Some("000-first"));
+        assert_eq!(clients.last().map(String::as_str), Some("ffff-last"));
+        assert!(
+            !clients.iter().any(|c| c.starts_with("423e")),
+            "row 3 was deleted"
+        );
+        assert!(clients.iter().any(|c| c == "7"));
     }
 
     /// Prints the approximate memory per row of a UUID-only table (`--nocapture` to see it).

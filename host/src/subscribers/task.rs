@@ -29,7 +29,7 @@ use super::backoff::Backoff;
 use super::cache::{CacheOptions, Shared};
 use super::change::Change;
 use super::connect::{Connect, ConnectionMessages};
-use super::table::SubscriberTable;
+use super::table::{SubscriberTable, TableLoader};
 
 /// Notifications applied under one write lock at most.
 const MAX_BATCH: usize = 1024;
@@ -325,13 +325,13 @@ async fn load(client: &Client) -> Result<SubscriberTable, tokio_postgres::Error>
         .query_raw(LOAD_SQL, std::iter::empty::<i32>())
         .await?;
     futures::pin_mut!(rows);
-    let mut table = SubscriberTable::new();
+    let mut table = TableLoader::default();
     while let Some(row) = rows.try_next().await? {
         let client_id: &str = row.try_get(1)?;
         let restaurant_id: &str = row.try_get(2)?;
         table.upsert(row.try_get(0)?, client_id, restaurant_id);
     }
-    Ok(table)
+    Ok(table.finish())
 }
 
 /// Polls the connection (which is what makes its queries progress) and forwards the

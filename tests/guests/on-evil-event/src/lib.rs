@@ -38,11 +38,12 @@ macro_rules! guest {
             fn transform_batch(
                 now: i64,
                 events: alloc::vec::Vec<types::InputEvent>,
+                budget: types::Budget,
             ) -> Result<alloc::vec::Vec<types::EventOutcome>, types::BatchError> {
                 if $crate::holds_evil_event(&events) {
                     $misbehave
                 }
-                Component::transform_batch(now, events)
+                Component::transform_batch(now, events, budget)
             }
         }
 

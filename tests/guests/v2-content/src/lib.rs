@@ -25,9 +25,10 @@ impl Guest for V2 {
     fn transform_batch(
         now: i64,
         mut events: Vec<types::InputEvent>,
+        budget: types::Budget,
     ) -> Result<Vec<types::EventOutcome>, types::BatchError> {
         events.iter_mut().for_each(reformat_content);
-        Component::transform_batch(now, events)
+        Component::transform_batch(now, events, budget)
     }
 }
 

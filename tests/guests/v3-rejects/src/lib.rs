@@ -24,8 +24,9 @@ impl Guest for V3 {
     fn transform_batch(
         now: i64,
         events: Vec<types::InputEvent>,
+        budget: types::Budget,
     ) -> Result<Vec<types::EventOutcome>, types::BatchError> {
-        let outcomes = Component::transform_batch(now, events)?;
+        let outcomes = Component::transform_batch(now, events, budget)?;
         Ok(outcomes
             .into_iter()
             .map(|outcome| match outcome {
