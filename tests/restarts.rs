@@ -177,6 +177,12 @@ fn the_service_rides_through_a_postgres_and_a_kafka_restart_with_exact_counts() 
         let restarted = Instant::now();
         deployment.wait_consumed_checking(CONSUMED_DEADLINE, || {
             assert_running(&mut service, &format!("after the {server} restart"));
+            // The log of a service that stopped making progress, before the deadline's panic.
+            assert!(
+                restarted.elapsed() < CONSUMED_DEADLINE - Duration::from_secs(1),
+                "the service did not catch up after the {server} restart; its log:\n{}",
+                service.log_text()
+            );
         });
         println!(
             "restarts: {server}: the service caught up {:.1} s after the restart (retries so far: postgres {}, kafka {})",

@@ -149,6 +149,7 @@ pub fn transform_batch<'a>(
             outputs: 0,
             bytes: 0,
         },
+        exhausted: false,
         small_restaurants: hashbrown::HashMap::default(),
         sent_by_campaign: hashbrown::HashMap::default(),
     };
@@ -165,6 +166,9 @@ struct Batch<'l, L> {
     lookup: &'l mut L,
     budget: Budget,
     spent: Budget,
+    /// Set by the first output that did not fit: after it nothing more is produced, not even a
+    /// smaller output, so that no event gets ahead of the one the budget cut short.
+    exhausted: bool,
     /// Restaurants read whole in one lookup: several events of a batch often share one.
     small_restaurants: hashbrown::HashMap<String, PackedStrings, FixedState>,
     /// `None` until a campaign's second event shows up: the common case, one event per campaign,
@@ -295,10 +299,13 @@ impl<L: SubscriberLookup> Batch<'_, L> {
     }
 
     /// Whether one more output of `size` bytes fits the budget; the batch's first always does.
-    fn admits(&self, size: u64) -> bool {
-        self.spent.outputs == 0
-            || (self.spent.outputs < self.budget.outputs
-                && self.spent.bytes.saturating_add(size) <= self.budget.bytes)
+    fn admits(&mut self, size: u64) -> bool {
+        let fits = self.spent.outputs == 0
+            || (!self.exhausted
+                && self.spent.outputs < self.budget.outputs
+                && self.spent.bytes.saturating_add(size) <= self.budget.bytes);
+        self.exhausted |= !fits;
+        fits
     }
 }
 

@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
@@ -118,8 +120,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
 
+    let limits = message_limits(&config.kafka).await;
+    let max_message_bytes = limits.max_message_bytes;
     let kafka = config.kafka.clone();
-    let max_message_bytes = kafka.message_max_bytes();
     let sink = tokio::task::spawn_blocking(move || {
         KafkaSink::new(
             kafka.client_config(),
@@ -198,9 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 outputs: config.pipeline.batch_max_outputs,
                 bytes: config.pipeline.batch_max_bytes,
             },
-            limits: Limits {
-                max_message_bytes: config.kafka.message_max_bytes(),
-            },
+            limits,
             kafka_timeout: KAFKA_TIMEOUT,
         },
     };
@@ -212,6 +213,65 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = http.await;
     drop(admin);
     result
+}
+
+/// What a record batch adds to a message in the broker's accounting of `max.message.bytes`
+/// (batch header and record framing), with room to spare.
+const RECORD_BATCH_OVERHEAD: usize = 128;
+
+/// The largest message Kafka takes for the output and dead-letter topics: the producer's
+/// `message.max.bytes`, or a topic's `max.message.bytes` when that is smaller. A message over
+/// either is refused every time it is sent, so the plan dead-letters it before any sink is
+/// touched. A topic whose configuration cannot be read (no DescribeConfigs permission) is
+/// assumed to take what the producer sends.
+async fn message_limits(kafka: &crate::config::KafkaConfig) -> Limits {
+    let mut limits = Limits {
+        max_message_bytes: kafka.message_max_bytes(),
+        max_message_bytes_setting: "the Kafka producer's message.max.bytes",
+    };
+    let admin: AdminClient<DefaultClientContext> = match kafka.client_config().create() {
+        Ok(admin) => admin,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the topics' max.message.bytes");
+            return limits;
+        }
+    };
+    let options = AdminOptions::new().request_timeout(Some(KAFKA_TIMEOUT));
+    let topics = [
+        (&kafka.output_topic, "the output topic's max.message.bytes"),
+        (
+            &kafka.dead_letter_topic,
+            "the dead-letter topic's max.message.bytes",
+        ),
+    ];
+    for (topic, setting) in topics {
+        let described = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+            .await;
+        let value = match described.as_deref() {
+            Ok([Ok(resource)]) => resource
+                .get("max.message.bytes")
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(|value| value.parse::<usize>().ok()),
+            Ok(results) => {
+                tracing::warn!(topic, ?results, "cannot read the topic's max.message.bytes");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(topic, %error, "cannot read the topic's max.message.bytes");
+                None
+            }
+        };
+        if let Some(topic_limit) = value.map(|v| v.saturating_sub(RECORD_BATCH_OVERHEAD))
+            && topic_limit < limits.max_message_bytes
+        {
+            limits = Limits {
+                max_message_bytes: topic_limit,
+                max_message_bytes_setting: setting,
+            };
+        }
+    }
+    limits
 }
 
 /// Takes a PostgreSQL advisory lock named after `transactional_id` on `client`'s session, so that

@@ -344,6 +344,7 @@ impl Drop for SetOnDrop<'_> {
 /// partition (so that reading it back is in produce order) and deleted when dropped.
 pub struct TempTopic {
     pub name: String,
+    pub partitions: i32,
     admin: AdminClient<DefaultClientContext>,
 }
 
@@ -385,7 +386,11 @@ impl TempTopic {
                 .then_some(())
             },
         );
-        Self { name, admin }
+        Self {
+            name,
+            partitions,
+            admin,
+        }
     }
 }
 

@@ -98,8 +98,13 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn new(env: &StackEnv, name: &str) -> Self {
+        Self::with_input_partitions(env, name, 3)
+    }
+
+    /// As [`Deployment::new`], with an input topic of `partitions` partitions.
+    pub fn with_input_partitions(env: &StackEnv, name: &str, partitions: i32) -> Self {
         Self {
-            input: TempTopic::with_partitions(env, &format!("{name}-in"), 3),
+            input: TempTopic::with_partitions(env, &format!("{name}-in"), partitions),
             output: TempTopic::with_partitions(env, &format!("{name}-out"), 3),
             dead_letter: TempTopic::with_partitions(env, &format!("{name}-dlq"), 3),
             group: unique_name(&format!("{name}-group")),
@@ -214,12 +219,13 @@ impl Deployment {
         producer.flush();
     }
 
-    /// Produces `values` without keys, spread over the input topic's 3 partitions in turn.
+    /// Produces `values` without keys, spread over the input topic's partitions in turn.
     pub fn produce_spread(&self, values: &[String]) {
+        let partitions = self.input.partitions as usize;
         let records: Vec<InputRecord> = values
             .iter()
             .enumerate()
-            .map(|(i, value)| ((i % 3) as i32, None, value.as_bytes()))
+            .map(|(i, value)| ((i % partitions) as i32, None, value.as_bytes()))
             .collect();
         self.produce(&records);
     }
@@ -247,7 +253,8 @@ impl Deployment {
     pub fn wait_consumed_checking(&self, deadline: Duration, mut check: impl FnMut()) {
         let consumer = self.admin_consumer(&self.group);
         let topic = &self.input.name;
-        let high: Vec<i64> = (0..3)
+        let partitions = self.input.partitions;
+        let high: Vec<i64> = (0..partitions)
             .map(|p| {
                 consumer
                     .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -258,13 +265,13 @@ impl Deployment {
         poll_until("the service commits all input", deadline, || {
             check();
             let mut list = TopicPartitionList::new();
-            for p in 0..3 {
+            for p in 0..partitions {
                 list.add_partition(topic, p);
             }
             let committed = consumer
                 .committed_offsets(list, Duration::from_secs(10))
                 .ok()?;
-            let all = (0..3).all(|p| {
+            let all = (0..partitions).all(|p| {
                 let offset = committed
                     .find_partition(topic, p)
                     .map(|e| e.offset())
@@ -462,6 +469,16 @@ impl Service {
         let child = self.child.get_mut().unwrap();
         child.kill().ok();
         child.wait().ok();
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.lock().unwrap().id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// Sends SIGTERM and waits for the exit status.

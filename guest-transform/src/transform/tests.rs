@@ -436,6 +436,32 @@ fn the_byte_budget_cuts_too() {
 }
 
 #[test]
+fn after_an_output_that_does_not_fit_no_smaller_one_gets_ahead() {
+    let mut lookup = sample_subscribers();
+    lookup.table.insert("short".into(), vec!["s".into()]);
+    let first = run(
+        NOW,
+        &[event(RESTAURANT, "a", 0, i64::MAX)],
+        &mut sample_subscribers(),
+    );
+    let all = fan_out(&first[0]);
+    let one_output = (all.client_ids.data.len() + all.messages.data.len()) / 8;
+    // Room for one and a half outputs of the first event: its second does not fit; the other
+    // event's single, shorter output would, but must not overtake it.
+    let budget = Budget {
+        outputs: u32::MAX,
+        bytes: (one_output + one_output / 2) as u64,
+    };
+    let events = [
+        event(RESTAURANT, "a", 0, i64::MAX),
+        event("short", "b", 0, i64::MAX),
+    ];
+    let outcomes = run_within(NOW, &events, budget, &mut lookup);
+    assert_eq!(client_ids(fan_out(&outcomes[0])).len(), 1);
+    assert_eq!(outcomes[1], EventOutcome::Deferred);
+}
+
+#[test]
 fn a_million_subscribers_in_parts_reach_each_client_exactly_once() {
     let subscribers = 1_000_000;
     let mut lookup = many_subscribers(subscribers);

@@ -90,8 +90,8 @@ pub struct PipelineConfig {
     /// feedback rows) one batch decides; an event whose fan-out is larger is delivered in parts,
     /// over as many batches as it takes. Bounds a batch's memory and transaction sizes.
     pub batch_max_outputs: u32,
-    /// `pipeline.batch_max_bytes` (default 33554432, i.e. 32 MiB, at least 1): the same bound on
-    /// the outputs' bytes (client ids and messages).
+    /// `pipeline.batch_max_bytes` (default 33554432, i.e. 32 MiB, at least 1, at most 1 GiB):
+    /// the same bound on the outputs' bytes (client ids and messages).
     pub batch_max_bytes: u64,
     /// `pipeline.stall_timeout` (default `"60s"`, at least `"1s"`): a batch in work for longer
     /// than this (a sink failing again and again) makes `/readyz` answer 503 with the last error.
@@ -345,10 +345,20 @@ impl PipelineConfig {
             sink_retry_max_backoff: max,
             shutdown_timeout: src.or("pipeline.shutdown_timeout", ms(10_000), duration(ms(1))),
             batch_max_outputs: src.or("pipeline.batch_max_outputs", 20_000, integer(1u32)),
-            batch_max_bytes: src.or("pipeline.batch_max_bytes", 32 << 20, integer(1u64)),
+            batch_max_bytes: src.or("pipeline.batch_max_bytes", 32 << 20, at_most_1_gib),
             stall_timeout: src.or("pipeline.stall_timeout", ms(60_000), duration(ms(1_000))),
         }
     }
+}
+
+/// `pipeline.batch_max_bytes`: the guest's packed lists have 32-bit offsets, so a batch's outputs
+/// stay well under 4 GiB.
+fn at_most_1_gib(value: toml::Value) -> Result<u64, String> {
+    let bytes = integer(1u64)(value)?;
+    if bytes > 1 << 30 {
+        return Err(format!("{bytes} is more than 1073741824 (1 GiB)"));
+    }
+    Ok(bytes)
 }
 
 impl SubscribersConfig {

@@ -460,6 +460,8 @@ impl Pipeline {
         let latency = batch.first_received.elapsed().as_secs_f64();
         metrics.batch_seconds.observe(latency);
         tracing::debug!(
+            offsets = ?batch.ranges(),
+            commits = ?plan.commits,
             events = batch.events.len(),
             finished,
             carried = plan.carried.len(),
@@ -697,14 +699,24 @@ async fn collect(
     let mut batch = carried;
     // Carried records are ready now: the batch takes what else is already there, no more.
     let mut deadline = (!batch.events.is_empty()).then(tokio::time::Instant::now);
-    let mut revoked = consumer.context().take_revoked();
     loop {
+        if batch.events.len() >= settings.batch_max_events {
+            break;
+        }
+        let received = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = sleep_until(deadline) => None,
+            received = consumer.recv() => Some(received),
+        };
+        // The rebalance callbacks run inside `recv`, before it returns a message: what was
+        // revoked is dropped from the records received before, while the message `recv` returns
+        // now comes from the assignment in force (librdkafka discards what it fetched for the
+        // old one). Dropping that message too would lose it: the new assignment goes on after it.
+        let revoked = consumer.context().take_revoked();
         if revoked != rebalance::Revoked::Nothing {
             let before = batch.events.len();
             batch.retain_partitions(|partition| !revoked.contains(partition));
-            if batch.events.is_empty() {
-                deadline = None;
-            }
             if batch.events.len() < before {
                 tracing::info!(
                     dropped = before - batch.events.len(),
@@ -712,18 +724,6 @@ async fn collect(
                 );
             }
         }
-        if batch.events.len() >= settings.batch_max_events {
-            break;
-        }
-        // A record that is there already goes before the deadline, so that a batch closing on
-        // its deadline takes what is ready.
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            received = consumer.recv() => Some(received),
-            _ = sleep_until(deadline) => None,
-        };
-        revoked = consumer.context().take_revoked();
         let Some(received) = received else {
             if batch.events.is_empty() {
                 deadline = None;
@@ -732,7 +732,7 @@ async fn collect(
             break;
         };
         match received {
-            Ok(message) if !revoked.contains(message.partition()) => {
+            Ok(message) => {
                 if batch.events.is_empty() {
                     batch.first_received = Instant::now();
                     deadline = Some(tokio::time::Instant::now() + settings.batch_linger);
@@ -747,11 +747,13 @@ async fn collect(
                     offset: message.offset(),
                 });
             }
-            Ok(_) => {}
             Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
                 anyhow::bail!("Kafka consumer: {error}")
             }
             Err(error) => tracing::warn!(%error, "consumer error"),
+        }
+        if batch.events.is_empty() {
+            deadline = None;
         }
     }
     let group = consumer

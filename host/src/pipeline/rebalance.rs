@@ -2,10 +2,13 @@
 //!
 //! librdkafka runs the rebalance callbacks inside the consumer's poll, which the pipeline calls
 //! only while it collects a batch: a partition can therefore be revoked only while nothing of the
-//! batch has been written. The records of a revoked partition are dropped from that batch before
-//! the batch is closed (they belong to the partition's next owner, who reads them from the
-//! committed offsets), and the group metadata the batch commits with is taken after that, so it
-//! names the generation that owns every record of the batch.
+//! batch has been written. The records of a revoked partition received before the revocation are
+//! dropped from that batch before the batch is closed (they belong to the partition's next owner,
+//! who reads them from the committed offsets; the same host, when the partition comes back to it).
+//! The message that the `recv` running the callbacks returns is kept: it comes from the new
+//! assignment, which goes on after it (`tests/multihost.rs` lost it when it was dropped too). The
+//! group metadata the batch commits with is taken after that, so it names the generation that
+//! owns every record of the batch.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

@@ -284,8 +284,11 @@ impl<'a> Plan<'a> {
 /// What the plan checks a fan-out against before any sink sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// The producer's `message.max.bytes`: key, value and headers of one output must fit.
+    /// The largest message Kafka takes: key, value and headers of one output must fit.
     pub max_message_bytes: usize,
+    /// Which setting that is, for the dead letter's reason, e.g. "the Kafka producer's
+    /// message.max.bytes".
+    pub max_message_bytes_setting: &'static str,
 }
 
 /// Builds the plan of a batch. `events`, `positions` and `inputs` are parallel.
@@ -426,9 +429,9 @@ fn oversize(fan_out: &guest_transform::FanOut, limits: Limits, headers: usize) -
         .unwrap_or(0);
     (largest + headers > limits.max_message_bytes).then(|| {
         format!(
-            "an output message would be {} bytes with its headers, more than the Kafka \
-             producer's message.max.bytes ({})",
+            "an output message would be {} bytes with its headers, more than {} ({})",
             largest + headers,
+            limits.max_message_bytes_setting,
             limits.max_message_bytes
         )
     })

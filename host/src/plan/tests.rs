@@ -48,6 +48,7 @@ fn guest() -> GuestIdentity {
 
 const LIMITS: Limits = Limits {
     max_message_bytes: 1_000_000,
+    max_message_bytes_setting: "the Kafka producer's message.max.bytes",
 };
 
 const NOW: i64 = 1_700_000_000;
@@ -199,15 +200,20 @@ fn a_fan_out_over_the_message_size_is_dead_lettered_whole_naming_the_limit() {
     let headers = records::headers::output_bytes(&guest());
     let fits = Limits {
         max_message_bytes: 18 + headers,
+        ..LIMITS
     };
     let plan_fits = plan(&events, &positions, &fresh(&outcomes), &guest(), fits);
     assert_eq!(candidate(&plan_fits, 0).deliveries().len(), 3);
     let too_small = Limits {
         max_message_bytes: 17 + headers,
+        ..LIMITS
     };
     let plan_big = plan(&events, &positions, &fresh(&outcomes), &guest(), too_small);
     let reason = candidate(&plan_big, 0).dead_letter_reason().unwrap();
-    assert!(reason.contains("message.max.bytes"), "{reason}");
+    assert!(
+        reason.contains(&format!("producer's message.max.bytes ({})", 17 + headers)),
+        "{reason}"
+    );
     assert_eq!(plan_big.commits, BTreeMap::from([(2, whole(1))]));
 }
 

@@ -19,9 +19,11 @@ use crate::plan::{Commit, Decision};
 
 pub use crate::records::headers;
 
-/// How long one `poll` serves delivery reports while the sink waits for them (the rdkafka crate's
-/// `poll` always runs to its deadline, so this is also the granularity of the wait).
-const DELIVERY_POLL_STEP: Duration = Duration::from_millis(1);
+/// How long the sink sleeps when no delivery report is waiting to be served. Not a `poll` with a
+/// timeout: the rdkafka crate's `poll` runs to its deadline and, below a millisecond left, polls
+/// without blocking, so a short `poll` in a loop spins a core, starving the broker it waits for
+/// on a small machine (the flush timeouts of issue 11).
+const DELIVERY_WAIT_STEP: Duration = Duration::from_millis(1);
 
 pub struct Topics {
     pub input: String,
@@ -139,7 +141,7 @@ impl KafkaSink {
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
                     if Instant::now() < deadline =>
                 {
-                    self.producer.poll(DELIVERY_POLL_STEP);
+                    self.serve_delivery_reports();
                 }
                 Err(error) => {
                     return Err(SinkError::Retryable(format!(
@@ -290,6 +292,22 @@ impl KafkaSink {
         self.enqueue(record)
     }
 
+    /// Serves the delivery reports that have arrived, or, when none has, sleeps a moment for the
+    /// broker to send some.
+    fn serve_delivery_reports(&self) {
+        let before = self.producer.in_flight_count();
+        loop {
+            let outstanding = self.producer.in_flight_count();
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() == outstanding {
+                break;
+            }
+        }
+        if self.producer.in_flight_count() == before {
+            std::thread::sleep(DELIVERY_WAIT_STEP);
+        }
+    }
+
     /// Enqueues a record, waiting for room when librdkafka's queue is full.
     fn enqueue<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), SinkError>
     where
@@ -302,7 +320,7 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     // Serving delivery reports is what frees room in the queue.
-                    self.producer.poll(DELIVERY_POLL_STEP);
+                    self.serve_delivery_reports();
                 }
                 Err((error, _)) => return Err(classify("sending a message", error)),
             }
