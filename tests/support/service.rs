@@ -589,6 +589,17 @@ impl Drop for Subscriptions<'_> {
 }
 
 impl Deployment {
+    /// How many decisions for records of this deployment's input topic are stored.
+    pub fn stored_decisions(&self, env: &StackEnv) -> u64 {
+        let sql = format!(
+            "SELECT count(*) FROM campaign_push_decisions WHERE source_topic = '{}'",
+            self.input.name
+        );
+        let finished = run(&mut psql(env, "", &sql), None);
+        finished.assert_success();
+        finished.stdout_text().trim().parse().unwrap()
+    }
+
     /// Asserts that the output topic (read with `read_committed`) holds every pair of `expected`
     /// exactly once and nothing else, and that `subscribers_feedback` holds every one exactly once
     /// among the campaigns whose id starts with `campaign_prefix`. `context` is added to failures.
