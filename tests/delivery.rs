@@ -459,3 +459,74 @@ fn the_ledger_forgets_a_campaign_its_retention_after_its_end() {
             >= 3.0
     );
 }
+
+#[test]
+fn messages_kafka_refuses_after_postgres_stored_them_dead_letter_the_event_in_both_sinks() {
+    let env = StackEnv::load();
+    let run_id = unique_name("kafka-refuses");
+    let subscriptions = Subscriptions::insert(&env, &run_id, 1, 2);
+    let restaurant = &subscriptions.restaurants[0];
+    let deployment = Deployment::new(&env, "kafka-refuses");
+    let service = deployment.start(&env);
+    // Lowered once the service runs, so that only the broker knows: the plan's check at start-up
+    // read the old limit, and the messages of the big event pass PostgreSQL first.
+    deployment.output.set_config("max.message.bytes", "20000");
+    let (good_1, big, good_2) = (
+        format!("{run_id}-good-1"),
+        format!("{run_id}-big"),
+        format!("{run_id}-good-2"),
+    );
+    deployment.produce(&[
+        (
+            0,
+            None,
+            campaign_event(&good_1, restaurant, "before").as_bytes(),
+        ),
+        (
+            0,
+            None,
+            campaign_event(&big, restaurant, &"x".repeat(30_000)).as_bytes(),
+        ),
+        (
+            0,
+            None,
+            campaign_event(&good_2, restaurant, "after").as_bytes(),
+        ),
+    ]);
+    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
+
+    let dead = deployment.read_all(&deployment.dead_letter.name);
+    assert_eq!(dead.len(), 1, "one dead letter: the big event");
+    let reason = &dead[0].headers[REASON_HEADER];
+    assert!(
+        reason.contains("Kafka refused") && reason.contains("too large"),
+        "{reason}"
+    );
+    assert!(
+        dead[0]
+            .value
+            .windows(big.len())
+            .any(|w| w == big.as_bytes()),
+        "the dead letter is the big event"
+    );
+    // Both sinks agree: the big event has neither rows nor messages, the others have both.
+    assert!(
+        rows_of(&env, &big).is_empty(),
+        "its stored rows were removed"
+    );
+    let messages = deployment.read_all(&deployment.output.name);
+    for campaign in [&good_1, &good_2] {
+        let of_campaign: Vec<Record> = messages
+            .iter()
+            .filter(|m| m.json()["adv_campaign_id"] == campaign.as_str())
+            .cloned()
+            .collect();
+        assert_messages_equal_rows(&of_campaign, &rows_of(&env, campaign));
+        assert_eq!(of_campaign.len(), 2);
+    }
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.json()["adv_campaign_id"] == big.as_str())
+    );
+}

@@ -18,7 +18,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 
 /// How long any single external command may run before the test fails.
@@ -390,6 +392,21 @@ impl TempTopic {
             name,
             partitions,
             admin,
+        }
+    }
+}
+
+impl TempTopic {
+    /// Sets a configuration property of the topic, e.g. a lower `max.message.bytes`.
+    pub fn set_config(&self, name: &str, value: &str) {
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let change = AlterConfig::new(ResourceSpecifier::Topic(&self.name)).set(name, value);
+        let results = futures::executor::block_on(self.admin.alter_configs(&[change], &opts))
+            .unwrap_or_else(|e| panic!("altering topic {}: {e}", self.name));
+        for result in results {
+            if let Err((resource, code)) = result {
+                panic!("altering {resource:?}: {code}");
+            }
         }
     }
 }

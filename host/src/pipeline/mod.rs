@@ -146,6 +146,18 @@ impl Batch {
     }
 }
 
+/// How the deliver stage ended.
+enum Delivered {
+    Committed,
+    /// Shutdown came first.
+    Interrupted,
+    /// Kafka refuses a message of the decision at this index for good.
+    Refused {
+        decision: usize,
+        reason: String,
+    },
+}
+
 /// How long each stage of a batch took, for the batch's debug line.
 struct StageTimes {
     collected: Instant,
@@ -303,11 +315,23 @@ impl Pipeline {
 
             // Deliver: every decision of the batch, as decided.
             let decisions = merge(&plan, written.decisions);
-            if !self
+            match self
                 .deliver(&decisions, &plan.commits, group, shutdown)
                 .await?
             {
-                return Ok(None);
+                Delivered::Committed => {}
+                Delivered::Interrupted => return Ok(None),
+                Delivered::Refused { decision, reason } => {
+                    let decision = &decisions[decision];
+                    if !self
+                        .make_undeliverable(decision, &reason, postgres, shutdown)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                    // Planned again: the record is now a dead letter in both sinks.
+                    continue;
+                }
             }
             crate::crash_point!("after-kafka-commit");
             *confirmed = plan.commits.clone();
@@ -344,19 +368,70 @@ impl Pipeline {
         Ok(go_on)
     }
 
-    /// Sends the decisions in one Kafka transaction, retrying until it commits. `false` when
-    /// shutdown interrupted it.
+    /// Turns a stored decision that Kafka refuses into a dead letter (see
+    /// [`postgres::undeliverable`]), retrying until PostgreSQL takes it. `false` when shutdown
+    /// interrupted it.
+    async fn make_undeliverable(
+        &mut self,
+        decision: &Decision<'_>,
+        reason: &str,
+        postgres: &mut Postgres,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        if decision.messages.is_empty() {
+            anyhow::bail!(
+                "Kafka refuses the dead letter of {}:{} for good: {reason}",
+                decision.source.partition,
+                decision.source.offset
+            );
+        }
+        let source = decision.source;
+        tracing::warn!(
+            partition = source.partition,
+            offset = source.offset,
+            part = decision.part,
+            %reason,
+            "Kafka refused an event's messages; dead-lettering the event"
+        );
+        let reason = format!("Kafka refused the event's messages: {reason}");
+        let mut backoff = Backoff::new(&self.settings);
+        loop {
+            let result = match postgres.client().await {
+                Ok(client) => {
+                    postgres::undeliverable(client, &self.input_topic, decision, &reason).await
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => return Ok(true),
+                Err(error) => {
+                    if !self
+                        .retry_postgres(&error, postgres, &mut backoff, shutdown)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the decisions in one Kafka transaction, retrying until it commits or Kafka refuses
+    /// a message for good.
     async fn deliver(
         &mut self,
         decisions: &[Decision<'_>],
         commits: &BTreeMap<i32, Commit>,
         group: &ConsumerGroupMetadata,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Delivered> {
         let mut backoff = Backoff::new(&self.settings);
         loop {
             match self.kafka.write(decisions, commits, group) {
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(Delivered::Committed),
+                Err(SinkError::Undeliverable { decision, reason }) => {
+                    return Ok(Delivered::Refused { decision, reason });
+                }
                 // A fatal producer (fenced: another instance took over the transactional id, or
                 // the coordinator aborted a transaction that outlived `transaction.timeout.ms`) or
                 // a lost group membership is not recovered here but ends the service, for its
@@ -367,7 +442,7 @@ impl Pipeline {
                 // retried, resuming the pending commit or abort (see `KafkaSink::write`).
                 Err(error) => {
                     if !self.retry("kafka", &error, &mut backoff, shutdown).await? {
-                        return Ok(false);
+                        return Ok(Delivered::Interrupted);
                     }
                 }
             }
@@ -390,6 +465,9 @@ impl Pipeline {
                 anyhow::bail!("{sink} sink refused data it should have been spared: {message}")
             }
             SinkError::Conflict => anyhow::bail!("{sink} sink: unexpected conflict"),
+            SinkError::Undeliverable { reason, .. } => {
+                anyhow::bail!("{sink} sink refused a message unexpectedly: {reason}")
+            }
         };
         tracing::warn!(sink, error = %message, "write failed; retrying");
         self.metrics.count_sink_retry(sink);

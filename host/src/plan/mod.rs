@@ -94,6 +94,9 @@ impl<'a> Candidate<'a> {
 #[derive(Debug, Clone)]
 pub struct Decision<'a> {
     pub source: Position,
+    pub part: u32,
+    /// The `now` of the decision: the `trigger_datetime_created` of its rows.
+    pub decided_at: i64,
     pub input: &'a InputEvent,
     /// The guest that decided, named in the headers of everything sent for the record.
     pub guest: &'a GuestIdentity,
@@ -120,6 +123,8 @@ impl StoredDecision {
     pub fn as_decision<'a>(&'a self, input: &'a InputEvent) -> Decision<'a> {
         Decision {
             source: self.source,
+            part: self.part,
+            decided_at: self.decided_at,
             input,
             guest: &self.guest,
             messages: self

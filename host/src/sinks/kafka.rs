@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::SinkError;
 use crate::guest::GuestIdentity;
@@ -35,7 +35,7 @@ pub struct KafkaSink {
     /// Polled by the sink itself, without a polling thread: delivery reports are served while a
     /// write waits for its batch's acknowledgements (see [`KafkaSink::await_deliveries`]), and
     /// whatever came between batches (errors, logs) at the start of the next write.
-    producer: BaseProducer,
+    producer: BaseProducer<DeliveryWatch>,
     topics: Topics,
     timeout: Duration,
     /// The producer's `message.max.bytes`: a dead letter whose value would exceed it is sent
@@ -77,8 +77,8 @@ impl KafkaSink {
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5");
-        let producer: BaseProducer = config
-            .create()
+        let producer: BaseProducer<DeliveryWatch> = config
+            .create_with_context(DeliveryWatch::default())
             .map_err(|e| fatal("creating the producer", e))?;
         tokio::task::block_in_place(|| producer.init_transactions(timeout))
             .map_err(|e| classify("initialising transactions", e))?;
@@ -115,6 +115,7 @@ impl KafkaSink {
                 .begin_transaction()
                 .map_err(|e| classify("beginning a transaction", e))?;
             self.pending = Pending::Abort;
+            self.producer.context().take_refused();
             if let Err(error) = self.send_all(decisions, commits, group) {
                 // Now rather than at the next call, so that a retry starts from a clean producer
                 // (if the abort cannot finish yet, the next call resumes it), and so that nothing
@@ -122,7 +123,12 @@ impl KafkaSink {
                 let _ = self.abort();
                 return Err(error);
             }
-            self.await_deliveries()?;
+            let delivered = self.await_deliveries();
+            if let Some((decision, reason)) = self.producer.context().take_refused() {
+                let _ = self.abort();
+                return Err(SinkError::Undeliverable { decision, reason });
+            }
+            delivered?;
             crate::crash_point!("before-kafka-commit");
             self.pending = Pending::Commit;
             self.commit()
@@ -214,19 +220,19 @@ impl KafkaSink {
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         let mut guest_headers = GuestHeaders::default();
-        for decision in decisions {
+        for (index, decision) in decisions.iter().enumerate() {
             // Dead letters carry them too: a guest's rejections (or a regressed guest's, after
             // its rollback) can be found and replayed by version.
             let headers = guest_headers.for_guest(decision.guest);
             for message in &decision.messages {
-                let record = BaseRecord::to(&self.topics.output)
+                let record = BaseRecord::with_opaque_to(&self.topics.output, index)
                     .key(message.key)
                     .payload(message.value)
                     .headers(headers.clone());
                 self.enqueue(record)?;
             }
             if let Some(reason) = &decision.dead_letter {
-                self.enqueue_dead_letter(decision, reason, headers.clone())?;
+                self.enqueue_dead_letter(index, decision, reason, headers.clone())?;
             }
         }
         let offsets = offsets_list(&self.topics.input, commits)?;
@@ -239,6 +245,7 @@ impl KafkaSink {
     /// message is left out (the record stays in the input topic, named by the headers).
     fn enqueue_dead_letter(
         &self,
+        index: usize,
         decision: &Decision<'_>,
         reason: &str,
         guest_headers: OwnedHeaders,
@@ -281,8 +288,8 @@ impl KafkaSink {
                 value: Some(omitted_note.as_bytes()),
             });
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(&self.topics.dead_letter).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.topics.dead_letter, index).headers(headers);
         if !omitted {
             record = record.payload(&input.value);
         }
@@ -309,7 +316,7 @@ impl KafkaSink {
     }
 
     /// Enqueues a record, waiting for room when librdkafka's queue is full.
-    fn enqueue<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), SinkError>
+    fn enqueue<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>) -> Result<(), SinkError>
     where
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
@@ -326,6 +333,64 @@ impl KafkaSink {
             }
         }
     }
+}
+
+/// The producer's context: remembers, of the messages of a batch that Kafka refused for good, the
+/// largest, by the index of its decision in the batch (each record's opaque). The broker refuses
+/// a whole record batch at once, so messages that only shared a batch with the culprit are
+/// refused too; the largest is the likeliest culprit, and the others are sent again.
+#[derive(Default)]
+struct DeliveryWatch {
+    refused: std::sync::Mutex<Option<Refusal>>,
+}
+
+struct Refusal {
+    decision: usize,
+    bytes: usize,
+    reason: String,
+}
+
+impl DeliveryWatch {
+    fn take_refused(&self) -> Option<(usize, String)> {
+        let refused = self.refused.lock().expect("delivery watch lock").take();
+        refused.map(|refusal| (refusal.decision, refusal.reason))
+    }
+}
+
+impl ClientContext for DeliveryWatch {}
+
+impl ProducerContext for DeliveryWatch {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, decision: usize) {
+        let Err((KafkaError::MessageProduction(code), message)) = result else {
+            return;
+        };
+        if !refused_for_good(*code) {
+            return;
+        }
+        let bytes = message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
+        let mut refused = self.refused.lock().expect("delivery watch lock");
+        if refused.as_ref().is_none_or(|known| known.bytes < bytes) {
+            *refused = Some(Refusal {
+                decision,
+                bytes,
+                reason: format!("{code} ({bytes} bytes of key and value)"),
+            });
+        }
+    }
+}
+
+/// Produce errors that come from the message itself and come again on every retry.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+    )
 }
 
 fn offsets_list(

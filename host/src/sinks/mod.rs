@@ -16,6 +16,11 @@ pub enum SinkError {
     /// the event must be isolated and dead-lettered; retrying it would stall the stream.
     #[error("refused: {0}")]
     Refused(String),
+    /// Kafka refuses a message of the batch's decision at `decision` for good (too large for
+    /// the topic, an invalid record): that decision must be turned into a dead letter, in both
+    /// sinks, before the batch is sent again.
+    #[error("Kafka refused a message of decision {decision}: {reason}")]
+    Undeliverable { decision: usize, reason: String },
     /// Another attempt (a host that owned the partition before a rebalance) stored a decision
     /// for a record of the batch first: the batch must be planned again around it.
     #[error("another attempt decided a record of the batch first")]

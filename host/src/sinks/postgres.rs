@@ -220,6 +220,61 @@ pub async fn purge_ended_campaigns(
     Ok(purged)
 }
 
+const UNDELIVERABLE_ROWS: &str = "DELETE FROM public.subscribers_feedback
+WHERE adv_campaign_id = $1 AND client_id = ANY($2) AND trigger_datetime_created = $3";
+const UNDELIVERABLE_PAIRS: &str = "DELETE FROM campaign_push_deliveries
+WHERE adv_campaign_id = $1 AND client_id = ANY($2)";
+const UNDELIVERABLE_DECISION: &str = "UPDATE campaign_push_decisions
+SET message_keys = '{}', message_values = '{}', continue_after = NULL, dead_letter_reason = $5
+WHERE source_topic = $1 AND source_partition = $2 AND source_offset = $3 AND part = $4";
+
+/// Turns the stored `decision`, whose messages Kafka refuses for good, into a dead letter with
+/// `reason`, in one transaction: its feedback rows and ledger pairs go (no client was notified,
+/// and both sinks must agree), its stored messages too. The batch is then sent again, the record
+/// as a dead letter.
+pub async fn undeliverable(
+    client: &mut Client,
+    topic: &str,
+    decision: &Decision<'_>,
+    reason: &str,
+) -> Result<(), SinkError> {
+    let clients: Vec<&str> = decision.messages.iter().map(|m| m.key).collect();
+    // Every message of a decision is of one campaign, and names it.
+    let campaign = decision
+        .messages
+        .first()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m.value).ok())
+        .and_then(|value| value["adv_campaign_id"].as_str().map(str::to_owned));
+    let trigger = i32::try_from(decision.decided_at).unwrap_or_default();
+    let part = i32::try_from(decision.part).expect("fewer than 2^31 parts");
+    let transaction = client.transaction().await.map_err(|e| classify(&e))?;
+    if let Some(campaign) = &campaign {
+        transaction
+            .execute(UNDELIVERABLE_ROWS, &[campaign, &clients, &trigger])
+            .await
+            .map_err(|e| classify(&e))?;
+        transaction
+            .execute(UNDELIVERABLE_PAIRS, &[campaign, &clients])
+            .await
+            .map_err(|e| classify(&e))?;
+    }
+    let reason = reason.replace('\0', "\\u0000");
+    transaction
+        .execute(
+            UNDELIVERABLE_DECISION,
+            &[
+                &topic,
+                &decision.source.partition,
+                &decision.source.offset,
+                &part,
+                &reason,
+            ],
+        )
+        .await
+        .map_err(|e| classify(&e))?;
+    transaction.commit().await.map_err(|e| classify(&e))
+}
+
 /// What [`write`] decided, in the order of its candidates.
 #[derive(Debug)]
 pub struct Written<'a> {
@@ -311,6 +366,8 @@ async fn decide<'a>(
         .iter()
         .map(|candidate| Decision {
             source: candidate.source,
+            part: candidate.part,
+            decided_at: candidate.decided_at,
             input: candidate.input,
             guest,
             messages: candidate
