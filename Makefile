@@ -17,8 +17,11 @@ HOST_BIN := $(CARGO_TARGET_DIR)/release/campaign-push
 TEST_GUESTS := --manifest-path $(ROOT)/tests/guests/Cargo.toml
 # Tests run the release build with the test-only crash points of host/src/failpoint.rs.
 TEST_FEATURES := --release --workspace --features campaign-push/failpoints
-# The running host's HTTP endpoint (http.listen in config/local.toml's default).
-ADMIN := http://127.0.0.1:9464
+# The running host's public endpoint and admin API (http.listen and admin.listen defaults), and
+# the admin token `make run` generates for it (git-ignored, readable by its owner only).
+PUBLIC := http://127.0.0.1:9464
+ADMIN := http://127.0.0.1:9465
+ADMIN_TOKEN := $(ROOT)/.stack/admin-token
 
 .PHONY: help up down status reset guest build lint test test-guests bench-guest run chaos bench-pipeline bench-reload reload rollback
 
@@ -43,7 +46,7 @@ reset: ## stop the stack and wipe its local data
 guest: ## build the transform component (wasm32-wasip2) and report its size
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	cargo build -p guest-transform --target wasm32-wasip2 --profile release-guest
-	@echo "guest: $(GUEST_WASM) ($$(stat -c %s $(GUEST_WASM)) bytes)"
+	@echo "guest: $(GUEST_WASM) ($$(stat -c %s $(GUEST_WASM)) bytes, sha256 $$(sha256sum $(GUEST_WASM) | cut -d' ' -f1))"
 
 build: guest ## build the host binary (release)
 	cargo build --release -p campaign-push
@@ -70,29 +73,35 @@ test-guests: ## build the guest variants and evil guests of tests/guests
 	  cargo build $(TEST_GUESTS) --release --target wasm32-wasip2
 
 run: up build ## start the stack, build, and run the service against it (Ctrl-C stops it)
+	@[ -s "$(ADMIN_TOKEN)" ] || (umask 077; head -c 32 /dev/urandom | base64 | tr -d '=+/\n' > "$(ADMIN_TOKEN)")
 	@set -a; . "$(ROOT)/.stack/local.env"; set +a; \
 	export CAMPAIGN_PUSH__KAFKA__SECURITY__PASSWORD="$$KAFKA_SASL_PASSWORD" \
 	       CAMPAIGN_PUSH__KAFKA__SECURITY__CA_FILE="$$KAFKA_CA_FILE" \
 	       CAMPAIGN_PUSH__POSTGRES__PASSWORD="$$PGPASSWORD" \
 	       CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE="$$PGSSLROOTCERT" \
-	       CAMPAIGN_PUSH__GUEST__PATH="$(GUEST_WASM)"; \
+	       CAMPAIGN_PUSH__GUEST__PATH="$(GUEST_WASM)" \
+	       CAMPAIGN_PUSH__ADMIN__TOKEN_FILE="$(ADMIN_TOKEN)"; \
 	exec "$(HOST_BIN)" run --config "$(ROOT)/config/local.toml"
 
 # Runs $(1) against the host started by `make run`, and prints the guest in service before and
 # after.
 define with_guest_versions
-	@old=$$(curl -fsS $(ADMIN)/metrics | grep '^campaign_push_guest{') \
-	  || { echo "no host answers on $(ADMIN): start it with 'make run'"; exit 1; }; \
+	@old=$$(curl -fsS $(PUBLIC)/metrics | grep '^campaign_push_guest{') \
+	  || { echo "no host answers on $(PUBLIC): start it with 'make run'"; exit 1; }; \
 	$(1); echo; \
 	echo "before: $$old"; \
-	echo "now:    $$(curl -fsS $(ADMIN)/metrics | grep '^campaign_push_guest{')"
+	echo "now:    $$(curl -fsS $(PUBLIC)/metrics | grep '^campaign_push_guest{')"
 endef
 
+# POSTs to the admin API with the token as a header read from a file descriptor, so that it never
+# appears on a command line.
+admin_post = curl -sS -X POST -H @<(printf 'Authorization: Bearer %s\n' "$$(cat $(ADMIN_TOKEN))") $(ADMIN)$(1)
+
 reload: ## rebuild the guest; the host started by `make run` swaps to it without a restart
-	$(call with_guest_versions,$(MAKE) --no-print-directory guest; curl -sS -X POST $(ADMIN)/admin/reload)
+	$(call with_guest_versions,$(MAKE) --no-print-directory guest; $(call admin_post,/admin/reload))
 
 rollback: ## put the previous guest back in the host started by `make run`
-	$(call with_guest_versions,curl -sS -X POST $(ADMIN)/admin/rollback)
+	$(call with_guest_versions,$(call admin_post,/admin/rollback))
 
 chaos: up guest ## the crash test with many more SIGKILL/restart cycles (CHAOS_CYCLES, default 50)
 	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test $(TEST_FEATURES) --test crash -- --nocapture

@@ -1,6 +1,6 @@
 //! The command line: `campaign-push <subcommand>`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,7 +11,7 @@ use crate::guest::GuestRuntime;
 use crate::offline::{self, TransformTest};
 
 #[derive(Debug, Parser)]
-#[command(name = "campaign-push", version, about)]
+#[command(name = "campaign-push", version = crate::VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +33,14 @@ enum Command {
         /// Log as JSON lines instead of human-readable text (overrides log.format).
         #[arg(long)]
         log_json: bool,
+    },
+    /// Check a configuration without consuming anything: validate it, load and canary-test the
+    /// guest, connect to PostgreSQL (the contract's tables must exist) and ask Kafka for the three
+    /// topics. Prints one line per part; exit status 1, with every problem listed, if any fails.
+    Check {
+        /// The configuration file (TOML), with the same environment overrides as `run`.
+        #[arg(long, env = "CAMPAIGN_PUSH_CONFIG")]
+        config: PathBuf,
     },
     /// Run a transform guest offline on events and subscribers from files, and print, as JSON
     /// lines, every Kafka message, every subscribers_feedback row, and every skipped and rejected
@@ -84,6 +92,31 @@ impl Cli {
                 runtime.block_on(run_until_signalled(config))?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Check { config } => {
+                let config = match Config::from_file_and_env(&config) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        println!("FAIL config: {error}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
+                println!("ok   config: valid");
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let findings = runtime.block_on(crate::check::run(&config));
+                for finding in &findings {
+                    match &finding.outcome {
+                        Ok(summary) => println!("ok   {}: {summary}", finding.part),
+                        Err(problem) => println!("FAIL {}: {problem}", finding.part),
+                    }
+                }
+                Ok(if findings.iter().all(|f| f.outcome.is_ok()) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
             Command::TransformTest {
                 guest,
                 events,
@@ -122,8 +155,11 @@ impl Cli {
 fn init_logging(log: &LogConfig, force_json: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
         .map_err(|e| anyhow::anyhow!("log.filter: {e}"))?;
+    // Colour codes only where a person reads them; a file or a supervisor's journal gets plain
+    // text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if force_json || log.format == LogFormat::Json {
         builder.json().init();
@@ -138,7 +174,8 @@ fn init_logging(log: &LogConfig, force_json: bool) -> anyhow::Result<()> {
 async fn run_until_signalled(config: Config) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let shutdown_timeout = config.pipeline.shutdown_timeout;
-    let mut service = tokio::spawn(crate::service::run(config, shutdown.clone()));
+    let supervisor = crate::supervisor::Supervisor::from_env();
+    let mut service = tokio::spawn(crate::service::run(config, supervisor, shutdown.clone()));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = &mut service => return result?,

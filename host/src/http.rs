@@ -1,6 +1,6 @@
-//! The operations endpoint: `/metrics` (Prometheus), `/healthz` (the process is alive) and
-//! `/readyz` (subscriber cache loaded and pipeline consuming), and the admin actions
-//! `POST /admin/reload` (load the guest file now) and `POST /admin/rollback` (previous version).
+//! The public operations endpoint: `/metrics` (Prometheus), `/healthz` (the process is alive) and
+//! `/readyz` (subscriber cache loaded and pipeline consuming). None of them changes anything; the
+//! admin actions have a listener of their own ([`crate::admin`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,16 +8,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::reload::{ReloadError, Reloader, SwapReport};
 
 /// What `/readyz` reports, set by the parts of the service as they come up.
 #[derive(Default)]
@@ -84,7 +82,8 @@ impl Progress {
         state.last_error = None;
     }
 
-    fn check(&self, now: Instant) -> Result<(), String> {
+    /// `Ok` unless a batch has been in work for longer than the stall bound.
+    pub fn check(&self, now: Instant) -> Result<(), String> {
         let state = self.state.lock().expect("progress lock");
         match state.working_since {
             Some(since) if now.saturating_duration_since(since) > self.stall_timeout => {
@@ -132,12 +131,11 @@ mod tests {
     }
 }
 
-/// What the endpoint reports on and acts upon.
+/// What the endpoint reports on.
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-    pub reloader: Arc<Reloader>,
 }
 
 /// Binds `listen` (failing at start-up if it cannot) and serves until `shutdown`.
@@ -146,23 +144,41 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("http.listen: cannot bind {listen}: {e}"))?;
-    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz, /admin/reload, /admin/rollback");
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/admin/reload", post(reload))
-        .route("/admin/rollback", post(rollback))
         .with_state(state);
+    bind_and_serve(
+        "http.listen",
+        listen,
+        "/metrics, /healthz, /readyz",
+        app,
+        shutdown,
+    )
+    .await
+}
+
+/// Binds `listen` (failing at start-up, naming `key`, if it cannot) and serves `app` on it until
+/// `shutdown`.
+pub async fn bind_and_serve(
+    key: &str,
+    listen: SocketAddr,
+    routes: &str,
+    app: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("{key}: cannot bind {listen}: {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, routes, "serving");
+    let key = key.to_owned();
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(error) = served {
-            tracing::error!(%error, "the HTTP endpoint stopped");
+            tracing::error!(%error, key, "an HTTP listener stopped");
         }
     }))
 }
@@ -184,34 +200,5 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         ),
-    }
-}
-
-async fn reload(State(state): State<AppState>) -> impl IntoResponse {
-    swap_response(state.reloader.reload("admin endpoint").await)
-}
-
-async fn rollback(State(state): State<AppState>) -> impl IntoResponse {
-    swap_response(state.reloader.rollback("admin endpoint").await)
-}
-
-/// 200 with `{"from": …, "to": …}`, or 409 (nothing changed) / 422 (refused) with the reason.
-fn swap_response(result: Result<SwapReport, ReloadError>) -> axum::response::Response {
-    match result {
-        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
-        Err(
-            error @ (ReloadError::Unchanged(_)
-            | ReloadError::NoEarlierVersion
-            | ReloadError::RolledBack(_)),
-        ) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({ "error": error.to_string() })),
-        )
-            .into_response(),
-        Err(error) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({ "error": error.to_string() })),
-        )
-            .into_response(),
     }
 }

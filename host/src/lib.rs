@@ -11,11 +11,27 @@
 //! - [`config`]: the one configuration struct: TOML file, environment overrides, validation.
 //! - [`migrations`]: the project's own database objects (trigger, ledger), applied at start-up.
 //! - [`subscribers`]: the in-memory copy of `subscribers_restaurants`, kept fresh by push.
-//! - [`reload`]: hot reload of the guest (file watch, SIGHUP, admin endpoint) and rollback.
+//! - [`reload`]: hot reload of the guest (file watch, SIGHUP, admin API) and rollback.
+//! - [`http`]: the public endpoint (metrics, health, readiness); [`admin`]: the admin API, on a
+//!   listener of its own, behind a bearer token.
+//! - [`supervisor`]: systemd notifications (ready, reloading, stopping, watchdog).
 //! - [`service`]: wires everything together and runs it until shutdown.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`check`]: its `check` of a configuration against the world.
 //! - [`failpoint`]: test-only crash points in the delivery protocol.
 
+/// What `--version` prints: the release, the commit it was built from, and the WIT world whose
+/// guests it runs.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("CAMPAIGN_PUSH_GIT_REV"),
+    ", WIT world ",
+    env!("CAMPAIGN_PUSH_WIT_WORLD"),
+    ")"
+);
+
+pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod failpoint;
@@ -32,3 +48,4 @@ pub mod retention;
 pub mod service;
 pub mod sinks;
 pub mod subscribers;
+pub mod supervisor;

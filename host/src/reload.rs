@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::guest::{GuestIdentity, GuestRuntime, GuestSlot, LoadError, canary};
 use crate::metrics::Metrics;
+use crate::supervisor::Supervisor;
 
 /// What a successful reload or rollback changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +45,8 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// One reload at a time: a file event and a SIGHUP arriving together load once.
     busy: tokio::sync::Mutex<()>,
+    /// Told when a swap begins and ends.
+    supervisor: Supervisor,
     /// Hashes of components that were rolled back, refused if they come again (e.g. the file
     /// watcher noticing the very build that an explicit reload already tried).
     rolled_back: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -55,12 +58,14 @@ impl Reloader {
         slot: Arc<GuestSlot>,
         path: PathBuf,
         metrics: Arc<Metrics>,
+        supervisor: Supervisor,
     ) -> Self {
         Self {
             runtime,
             slot,
             path,
             metrics,
+            supervisor,
             busy: tokio::sync::Mutex::new(()),
             rolled_back: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
@@ -69,6 +74,7 @@ impl Reloader {
     /// Loads the configured file and, if it passes every check, puts it in service.
     pub async fn reload(&self, trigger: &str) -> Result<SwapReport, ReloadError> {
         let _busy = self.busy.lock().await;
+        self.supervisor.reloading();
         let runtime = self.runtime.clone();
         let path = self.path.clone();
         let candidate = tokio::task::spawn_blocking(move || {
@@ -97,12 +103,14 @@ impl Reloader {
             Ok(SwapReport { from, to })
         });
         self.record("reload", trigger, &result);
+        self.supervisor.reloaded();
         result
     }
 
     /// Puts the previous accepted version back in service.
     pub async fn rollback(&self, trigger: &str) -> Result<SwapReport, ReloadError> {
         let _busy = self.busy.lock().await;
+        self.supervisor.reloading();
         let result = self
             .slot
             .rollback()
@@ -118,6 +126,7 @@ impl Reloader {
             })
             .ok_or(ReloadError::NoEarlierVersion);
         self.record("rollback", trigger, &result);
+        self.supervisor.reloaded();
         result
     }
 

@@ -11,10 +11,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PostgresTls, tls_connector};
+use crate::admin;
+use crate::config::Config;
 use crate::guest::{Budget, GuestLimits, GuestRuntime, GuestSlot, canary};
 use crate::http::{self, Progress, Readiness};
 use crate::metrics::Metrics;
@@ -31,6 +31,7 @@ use crate::retention::Retention;
 use crate::sinks::kafka::{self, KafkaSink, Topics};
 use crate::sinks::postgres;
 use crate::subscribers::{CacheOptions, Connect, PgConnector, SubscriberCache};
+use crate::supervisor::Supervisor;
 
 /// How long start-up waits for the consumer group's coordinator to answer.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(120);
@@ -45,19 +46,52 @@ const ID_LOCK_WAIT: Duration = Duration::from_secs(15);
 /// How long librdkafka's blocking calls (transactions, metadata, committed offsets) may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the service until `shutdown` is cancelled or something fails for good.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the service until `shutdown` is cancelled or something fails for good, keeping
+/// `supervisor` informed.
+pub async fn run(
+    config: Config,
+    supervisor: Supervisor,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(version = crate::VERSION, "starting");
+    let result = serve(config, supervisor.clone(), shutdown.clone()).await;
+    supervisor.stopping();
+    shutdown.cancel();
+    result
+}
+
+async fn serve(
+    config: Config,
+    supervisor: Supervisor,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // As soon as a stop is asked for, not only once the batch in flight is done.
+    tokio::spawn({
+        let (supervisor, shutdown) = (supervisor.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            supervisor.stopping();
+        }
+    });
     let metrics = Arc::new(Metrics::default());
     let progress = Arc::new(Progress::new(config.pipeline.stall_timeout));
     let readiness = Arc::new(Readiness {
         progress: progress.clone(),
         ..Readiness::default()
     });
+    tokio::spawn(
+        supervisor
+            .clone()
+            .keep_alive(progress.clone(), shutdown.clone()),
+    );
     let limits = GuestLimits {
         call_timeout: config.guest.call_timeout,
         max_memory_bytes: config.guest.max_memory_mib.saturating_mul(1 << 20),
     };
-    let runtime = GuestRuntime::with_limits(limits)?;
+    let mut runtime = GuestRuntime::with_limits(limits)?;
+    if let Some(allowed) = &config.guest.allowed_sha256 {
+        runtime = runtime.allowing_only(allowed.clone());
+    }
     let guest = runtime
         .load_file(&config.guest.path)
         .with_context(|| format!("guest.path = {}", config.guest.path.display()))?;
@@ -76,6 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         slot.clone(),
         config.guest.path.clone(),
         metrics.clone(),
+        supervisor.clone(),
     ));
     tokio::spawn(reload::watch_file(
         reloader.clone(),
@@ -89,11 +124,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http::AppState {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
-            reloader: reloader.clone(),
         },
         shutdown.clone(),
     )
     .await?;
+    let admin_api = match &config.admin.token {
+        Some(token) => Some(
+            admin::serve(
+                config.admin.listen,
+                admin::AdminState {
+                    reloader: reloader.clone(),
+                    token: Arc::new(token.clone()),
+                },
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => {
+            tracing::info!(
+                "no admin.token_file: the admin API is not served (SIGHUP and the guest file's \
+                 watch still reload)"
+            );
+            None
+        }
+    };
 
     let admin = config
         .postgres
@@ -207,10 +261,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     readiness.pipeline_running.store(true, Ordering::Release);
     tracing::info!(topic = %config.kafka.input_topic, "consuming");
+    supervisor.ready();
     let result = pipeline.run(shutdown.clone()).await;
     readiness.pipeline_running.store(false, Ordering::Release);
     shutdown.cancel();
     let _ = http.await;
+    if let Some(admin_api) = admin_api {
+        let _ = admin_api.await;
+    }
     drop(admin);
     result
 }
@@ -331,12 +389,10 @@ fn start_subscriber_cache(
 ) -> anyhow::Result<SubscriberCache> {
     let mut pg_config = config.postgres.pg_config();
     pg_config.application_name("campaign-push-subscribers");
-    let connector: Box<dyn Connect> = match &config.postgres.tls {
-        PostgresTls::Disable => Box::new(PgConnector::new(pg_config, NoTls)),
-        PostgresTls::VerifyFull { ca_file } => {
-            Box::new(PgConnector::new(pg_config, tls_connector(ca_file)?))
-        }
-    };
+    let connector: Box<dyn Connect> = Box::new(PgConnector::new(
+        pg_config,
+        config.postgres.tls_connector()?,
+    ));
     let options = CacheOptions {
         channel: config.subscribers.notify_channel.clone(),
         resync_interval: config.subscribers.resync_interval,

@@ -129,7 +129,49 @@ impl Deployment {
     /// crash point, see `host/src/failpoint.rs`, set by a `FAILPOINTS` override).
     pub fn spawn_with(&self, env: &StackEnv, overrides: &[(&str, &str)]) -> Service {
         let http_port = free_port();
+        let admin_port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
+        // Created readable by its owner only, as the service demands of a token file.
+        let admin_token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            admin_token.path(),
+            format!("{}\n", unique_name("admin-token")),
+        )
+        .unwrap();
+        let mut command = self.command(env, "run");
+        command
+            .env(
+                "CAMPAIGN_PUSH__HTTP__LISTEN",
+                format!("127.0.0.1:{http_port}"),
+            )
+            .env(
+                "CAMPAIGN_PUSH__ADMIN__LISTEN",
+                format!("127.0.0.1:{admin_port}"),
+            )
+            .env("CAMPAIGN_PUSH__ADMIN__TOKEN_FILE", admin_token.path())
+            .env("CAMPAIGN_PUSH__PIPELINE__BATCH_LINGER", "20ms")
+            .env("CAMPAIGN_PUSH__LOG__FILTER", "info,librdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap());
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the service starts");
+        Service {
+            child: Mutex::new(child),
+            http_port,
+            admin_port,
+            admin_token,
+            log,
+        }
+    }
+
+    /// `campaign-push <subcommand> --config config/local.toml` for this deployment: the local
+    /// stack's addresses and secrets, this deployment's topics, group and transactional id, and
+    /// the guest of `make guest`, as environment overrides (and no other `CAMPAIGN_PUSH…`
+    /// variable of the test's own environment).
+    pub fn command(&self, env: &StackEnv, subcommand: &str) -> Command {
         let mut command = Command::new(SERVICE_BIN);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("CAMPAIGN_PUSH") {
@@ -137,7 +179,7 @@ impl Deployment {
             }
         }
         command
-            .args(["run", "--config"])
+            .args([subcommand, "--config"])
             .arg(super::repo_root().join("config/local.toml"))
             .env(
                 "CAMPAIGN_PUSH__KAFKA__BOOTSTRAP_SERVERS",
@@ -169,25 +211,8 @@ impl Deployment {
                 "CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE",
                 env.get("PGSSLROOTCERT"),
             )
-            .env("CAMPAIGN_PUSH__GUEST__PATH", guest_wasm())
-            .env(
-                "CAMPAIGN_PUSH__HTTP__LISTEN",
-                format!("127.0.0.1:{http_port}"),
-            )
-            .env("CAMPAIGN_PUSH__PIPELINE__BATCH_LINGER", "20ms")
-            .env("CAMPAIGN_PUSH__LOG__FILTER", "info,librdkafka=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap());
-        for (key, value) in overrides {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("the service starts");
-        Service {
-            child: Mutex::new(child),
-            http_port,
-            log,
-        }
+            .env("CAMPAIGN_PUSH__GUEST__PATH", guest_wasm());
+        command
     }
 
     /// A producer to the input topic, for tests that produce while they observe.
@@ -354,6 +379,8 @@ pub struct Service {
     /// service is borrowed elsewhere.
     child: Mutex<Child>,
     http_port: u16,
+    admin_port: u16,
+    admin_token: tempfile::NamedTempFile,
     log: tempfile::NamedTempFile,
 }
 
@@ -380,30 +407,32 @@ impl Service {
         });
     }
 
-    /// The response to `GET path` on the service's HTTP endpoint, status line included.
+    /// The response to `GET path` on the service's public endpoint, status line included.
     pub fn get(&self, path: &str) -> Option<String> {
-        self.request("GET", path)
+        request(self.http_port, "GET", path, &[])
     }
 
-    /// The response to `POST path` (no body), status line included; `None` if nothing answered.
+    /// The response to `POST path` (no body) on the admin API, with the service's token; status
+    /// line included; `None` if nothing answered.
     pub fn post(&self, path: &str) -> Option<String> {
-        self.request("POST", path)
+        let token = std::fs::read_to_string(self.admin_token.path()).unwrap();
+        let authorization = format!("Bearer {}", token.trim_end());
+        self.admin_request("POST", path, &[("Authorization", &authorization)])
     }
 
-    fn request(&self, method: &str, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        // A reload compiles a component before it answers.
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .ok()?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        Some(response)
+    /// A request to the admin API with exactly `headers` (besides `Host`), status line included.
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        request(self.admin_port, method, path, headers)
+    }
+
+    /// The service's admin token file.
+    pub fn admin_token_file(&self) -> &Path {
+        self.admin_token.path()
     }
 
     /// The SHA-256 of the guest in service, from the `campaign_push_guest` metric.
@@ -507,7 +536,28 @@ impl Drop for Service {
     }
 }
 
-fn free_port() -> u16 {
+/// `method path` (no body) to the service on loopback `port`, response with status line.
+fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    // A reload compiles a component before it answers.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

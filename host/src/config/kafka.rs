@@ -9,18 +9,41 @@ use super::secret::Secret;
 use super::source::{self, Source, ca_file, one_of, text};
 
 /// librdkafka properties the service sets itself, from `[kafka]` keys or because exactly-once
-/// delivery depends on them; `kafka.properties` may not name them.
-pub const SERVICE_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "metadata.broker.list",
-    "group.id",
-    "group.instance.id",
-    "transactional.id",
-    "enable.idempotence",
-    "isolation.level",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
+/// delivery depends on them, each with why; `kafka.properties` may not name them.
+pub const SERVICE_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.bootstrap_servers"),
+    ("metadata.broker.list", "set kafka.bootstrap_servers"),
+    ("group.id", "set kafka.consumer_group"),
+    (
+        "group.instance.id",
+        "set kafka.transactional_id (the consumer's static membership)",
+    ),
+    ("transactional.id", "set kafka.transactional_id"),
+    (
+        "enable.idempotence",
+        "the transactional producer needs it on",
+    ),
+    (
+        "isolation.level",
+        "read_committed, so that events of aborted transactions never reach the service",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed only inside the output transaction",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only inside the output transaction",
+    ),
+    (
+        "auto.offset.reset",
+        "earliest, so that a new consumer group starts at the first event and skips none",
+    ),
 ];
+
+/// Producer properties the service sets unless `kafka.properties` names them: defaults tuned
+/// for this workload, not conditions of its guarantees.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("linger.ms", "5")];
 
 /// librdkafka's default `message.max.bytes`, which the producer applies unless
 /// `kafka.properties` sets it.
@@ -76,7 +99,8 @@ pub struct KafkaConfig {
     pub security: KafkaSecurity,
     /// `[kafka.properties]` (default empty): further librdkafka properties, passed unchanged to
     /// both the consumer and the producer, e.g. `"statistics.interval.ms" = "5000"`. Properties in
-    /// [`SERVICE_PROPERTIES`] and security properties are refused.
+    /// [`SERVICE_PROPERTIES`] and security properties are refused; [`PRODUCER_DEFAULTS`] may be
+    /// overridden.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -309,10 +333,10 @@ fn read_properties(src: &mut Source) -> BTreeMap<String, String> {
     let mut properties = src.string_table("kafka.properties");
     properties.retain(|name, _| {
         let lower = name.to_ascii_lowercase();
-        let refusal = if SERVICE_PROPERTIES.contains(&lower.as_str()) {
-            "is set by the service itself; use the [kafka] keys"
+        let refusal = if let Some((_, why)) = SERVICE_PROPERTIES.iter().find(|(n, _)| *n == lower) {
+            format!("is set by the service itself: {why}")
         } else if SECURITY_PREFIXES.iter().any(|p| lower.starts_with(p)) {
-            "is a security setting; use [kafka.security]"
+            "is a security setting; use [kafka.security]".to_owned()
         } else {
             return true;
         };

@@ -31,6 +31,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ use std::time::Duration;
 
 pub use duration::{DurationError, parse_duration};
 pub use kafka::{
-    KafkaConfig, KafkaSecurity, SERVICE_PROPERTIES, SaslLogin, SaslMechanism,
+    KafkaConfig, KafkaSecurity, PRODUCER_DEFAULTS, SERVICE_PROPERTIES, SaslLogin, SaslMechanism,
     default_transactional_id,
 };
 pub use postgres::{PgConnectError, PgConnection, PostgresConfig, PostgresTls, tls_connector};
@@ -62,8 +63,10 @@ pub struct Config {
     pub subscribers: SubscribersConfig,
     /// `[guest]`: the transform component.
     pub guest: GuestConfig,
-    /// `[http]`: metrics, health and admin endpoint.
+    /// `[http]`: metrics and health endpoint.
     pub http: HttpConfig,
+    /// `[admin]`: the admin API (guest reload and rollback).
+    pub admin: AdminConfig,
     /// `[log]`: log format and filter.
     pub log: LogConfig,
 }
@@ -143,15 +146,37 @@ pub struct GuestConfig {
     /// `guest.rollback_min_events` (default 20): events the new guest must have seen before it
     /// is judged.
     pub rollback_min_events: u64,
+    /// `guest.allowed_sha256` (default: any): the SHA-256s (hex) of the only components the
+    /// service loads, at start-up or in a reload; any other is refused before it is compiled, and
+    /// the guest in service keeps serving. A TOML array, or in the environment a comma-separated
+    /// list. `make guest` and `make dist` print the hash of the component they build.
+    pub allowed_sha256: Option<BTreeSet<String>>,
 }
 
-/// `[http]`: the service's own endpoint.
+/// `[http]`: the service's public endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
-    /// `http.listen` (default `"127.0.0.1:9464"`): address of the metrics, health and admin
-    /// endpoint. It has no authentication: keep it off public interfaces.
+    /// `http.listen` (default `"127.0.0.1:9464"`): address of `/metrics`, `/healthz` and
+    /// `/readyz`, which change nothing and may be exposed to a scraper or a load balancer.
     pub listen: SocketAddr,
 }
+
+/// `[admin]`: the admin API, `POST /admin/reload` and `POST /admin/rollback`, on a listener of
+/// its own so that exposing the public endpoint never exposes it.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `admin.listen` (default `"127.0.0.1:9465"`): the admin API's address; loopback unless
+    /// the operators' tools run elsewhere.
+    pub listen: SocketAddr,
+    /// The bearer token every admin request must carry (`Authorization: Bearer <token>`): the
+    /// content of the file named by `admin.token_file`, without its trailing line break, at least
+    /// 16 characters. The file must not be readable by other users. Without the key the admin API
+    /// is not served (SIGHUP and the guest file's watch still reload).
+    pub token: Option<Secret>,
+}
+
+/// The shortest admin token accepted: guessing 16 random characters is out of reach.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// `[log]`: what is logged, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,8 +319,10 @@ impl Config {
                 ),
                 rollback_margin_percent: src.or("guest.rollback_margin_percent", 20, integer(0u32)),
                 rollback_min_events: src.or("guest.rollback_min_events", 20, integer(1u64)),
+                allowed_sha256: src.opt("guest.allowed_sha256", sha256_list).ok().flatten(),
             },
             http: HttpConfig::read(&mut src),
+            admin: AdminConfig::read(&mut src),
             log: LogConfig::read(&mut src),
         };
         let problems = src.finish();
@@ -381,13 +408,95 @@ impl SubscribersConfig {
 impl HttpConfig {
     fn read(src: &mut Source) -> Self {
         let default = SocketAddr::from(([127, 0, 0, 1], 9464));
-        let listen = src.or("http.listen", default, |value| {
-            let s = text(value)?;
-            s.parse()
-                .map_err(|_| format!("{s:?} is not an address such as \"127.0.0.1:9464\""))
-        });
+        let listen = src.or("http.listen", default, socket_address);
         Self { listen }
     }
+}
+
+impl AdminConfig {
+    fn read(src: &mut Source) -> Self {
+        const TOKEN_FILE: &str = "admin.token_file";
+        let listen = src.or(
+            "admin.listen",
+            SocketAddr::from(([127, 0, 0, 1], 9465)),
+            socket_address,
+        );
+        let token = match src.opt(TOKEN_FILE, readable_file) {
+            Ok(Some(path)) => match read_token(&path) {
+                Ok(token) => Some(token),
+                Err(message) => {
+                    src.problem(TOKEN_FILE, message);
+                    None
+                }
+            },
+            Ok(None) | Err(_) => None,
+        };
+        Self { listen, token }
+    }
+}
+
+/// The admin token in `path`, refused if others may read it or it is too short to resist
+/// guessing. No message quotes the file's content.
+fn read_token(path: &Path) -> Result<Secret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{shown} is open to other users (mode {:o}); `chmod o-rwx` it",
+            mode & 0o777
+        ));
+    }
+    let content =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown} as text: {e}"))?;
+    let token = content.strip_suffix('\n').unwrap_or(&content);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.chars().any(char::is_whitespace) {
+        return Err(format!("{shown}: the token contains white space"));
+    }
+    if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!(
+            "{shown}: the token is shorter than {MIN_ADMIN_TOKEN_CHARS} characters"
+        ));
+    }
+    Ok(Secret::new(token))
+}
+
+/// A non-empty set of SHA-256s: a TOML array of strings, or one string of comma-separated hashes
+/// (as an environment variable gives it). Stored in lowercase, as the service prints them.
+fn sha256_list(value: toml::Value) -> Result<BTreeSet<String>, String> {
+    let items: Vec<String> = match value {
+        toml::Value::Array(items) => items.into_iter().map(text).collect::<Result<_, _>>()?,
+        other => text(other)?
+            .split(',')
+            .map(|item| item.trim().to_owned())
+            .filter(|item| !item.is_empty())
+            .collect(),
+    };
+    if items.is_empty() {
+        return Err("an empty list would refuse every guest; remove the key to allow any".into());
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let hash = item.to_ascii_lowercase();
+            if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(hash)
+            } else {
+                Err(format!("{item:?} is not a SHA-256 (64 hexadecimal digits)"))
+            }
+        })
+        .collect()
+}
+
+/// A `host:port` address such as `"127.0.0.1:9464"`.
+fn socket_address(value: toml::Value) -> Result<SocketAddr, String> {
+    let s = text(value)?;
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address such as \"127.0.0.1:9464\""))
 }
 
 impl LogConfig {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Client, Connection, Notification};
 
 use super::secret::Secret;
 use super::source::{self, Source, ca_file, duration, integer, one_of, text};
@@ -41,8 +41,13 @@ pub struct PostgresConfig {
 /// `postgres.tls.mode` with what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostgresTls {
-    /// `mode = "disable"` (the default): no TLS; for a local or otherwise trusted network.
+    /// `mode = "disable"`: no TLS; for a database on the same host or an otherwise trusted
+    /// network.
     Disable,
+    /// `mode = "prefer"` (the default): TLS when the server offers it, plain otherwise, and the
+    /// server certificate is not verified. As libpq's `sslmode=prefer`: it keeps passive
+    /// listeners out, not an impostor; production sets `verify-full`.
+    Prefer,
     /// `mode = "verify-full"`: TLS required, the server certificate must chain to a certificate
     /// in `postgres.tls.ca_file` (required; only these are trusted, not the system store) and
     /// name `postgres.host`. As libpq's `sslmode=verify-full` with `sslrootcert`.
@@ -72,7 +77,12 @@ pub enum PgConnectError {
         path: PathBuf,
         source: openssl::error::ErrorStack,
     },
-    #[error("cannot connect to PostgreSQL at {host}:{port} as {user}: {source}")]
+    #[error("cannot set up TLS for PostgreSQL: {0}")]
+    TlsSetup(openssl::error::ErrorStack),
+    #[error(
+        "cannot connect to PostgreSQL at {host}:{port} as {user}: {}",
+        crate::sinks::postgres::describe(source)
+    )]
     Connect {
         host: String,
         port: u16,
@@ -95,9 +105,33 @@ impl PostgresConfig {
             .application_name("campaign-push")
             .ssl_mode(match self.tls {
                 PostgresTls::Disable => SslMode::Disable,
+                PostgresTls::Prefer => SslMode::Prefer,
                 PostgresTls::VerifyFull { .. } => SslMode::Require,
             });
         config
+    }
+
+    /// The TLS side of [`Self::pg_config`]'s mode: verifying against the CA file for
+    /// `verify-full`, accepting any certificate for `prefer`, never used for `disable`.
+    pub fn tls_connector(&self) -> Result<MakeTlsConnector, PgConnectError> {
+        match &self.tls {
+            PostgresTls::VerifyFull { ca_file } => tls_connector(ca_file),
+            PostgresTls::Disable | PostgresTls::Prefer => {
+                let unverified = || -> Result<MakeTlsConnector, openssl::error::ErrorStack> {
+                    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+                    builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+                    builder.set_verify(SslVerifyMode::NONE);
+                    let mut connector = MakeTlsConnector::new(builder.build());
+                    // Without a CA there is nothing to check the name against either.
+                    connector.set_callback(|connect, _| {
+                        connect.set_verify_hostname(false);
+                        Ok(())
+                    });
+                    Ok(connector)
+                };
+                unverified().map_err(PgConnectError::TlsSetup)
+            }
+        }
     }
 
     /// Connects as configured (TLS per [`PostgresTls`]) and spawns the connection's task, which
@@ -111,17 +145,11 @@ impl PostgresConfig {
             source,
         };
         let (sender, notifications) = mpsc::unbounded_channel();
-        let (client, task) = match &self.tls {
-            PostgresTls::Disable => {
-                let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
-                (client, tokio::spawn(drive(connection, sender)))
-            }
-            PostgresTls::VerifyFull { ca_file } => {
-                let tls = tls_connector(ca_file)?;
-                let (client, connection) = config.connect(tls).await.map_err(failed)?;
-                (client, tokio::spawn(drive(connection, sender)))
-            }
-        };
+        let (client, connection) = config
+            .connect(self.tls_connector()?)
+            .await
+            .map_err(failed)?;
+        let task = tokio::spawn(drive(connection, sender));
         Ok(PgConnection {
             client,
             notifications,
@@ -144,18 +172,30 @@ impl PostgresConfig {
             );
             Secret::new("")
         });
-        let modes = &[("disable", false), ("verify-full", true)];
+        let modes = &[
+            ("disable", Mode::Disable),
+            ("prefer", Mode::Prefer),
+            ("verify-full", Mode::VerifyFull),
+        ];
         let tls = match src.opt(MODE, one_of(modes)) {
-            Ok(Some(true)) => PostgresTls::VerifyFull {
+            Ok(Some(Mode::VerifyFull)) => PostgresTls::VerifyFull {
                 ca_file: src.req(CA_FILE, ca_file).unwrap_or_default(),
             },
-            Ok(Some(false) | None) => {
+            Ok(Some(Mode::Disable)) => {
                 src.forbid(CA_FILE, "with postgres.tls.mode = \"disable\"");
                 PostgresTls::Disable
             }
+            Ok(Some(Mode::Prefer) | None) => {
+                src.forbid(
+                    CA_FILE,
+                    "with postgres.tls.mode = \"prefer\" (the default), which verifies \
+                     nothing; set mode = \"verify-full\" to have the certificate checked",
+                );
+                PostgresTls::Prefer
+            }
             Err(_) => {
                 src.skip(CA_FILE);
-                PostgresTls::Disable
+                PostgresTls::Prefer
             }
         };
         let connect_timeout = src.or(
@@ -173,6 +213,14 @@ impl PostgresConfig {
             connect_timeout,
         }
     }
+}
+
+/// `postgres.tls.mode`'s values, before the keys each one needs are read.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Disable,
+    Prefer,
+    VerifyFull,
 }
 
 /// A connector that trusts only the certificates in `ca_file` and checks the server's host name

@@ -20,6 +20,18 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `candidate` is the value, in time that does not depend on where they differ (so
+    /// that a caller cannot find the value byte by byte from response times).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let value = self.0.as_bytes();
+        let differences = value
+            .iter()
+            .zip(candidate)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        // Reading the length is no leak: it is not secret among tokens of a known minimum size.
+        value.len() == candidate.len() && std::hint::black_box(differences) == 0
+    }
 }
 
 impl From<String> for Secret {
@@ -51,5 +63,14 @@ mod tests {
         assert_eq!(format!("{secret}"), "***");
         assert_eq!(format!("{:?}", Some(&secret)), "Some(Secret(***))");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn matches_only_the_whole_value() {
+        let secret = Secret::new("hunter2");
+        assert!(secret.matches(b"hunter2"));
+        for other in [&b"hunter3"[..], b"hunter", b"hunter22", b"", b"Hunter2"] {
+            assert!(!secret.matches(other), "{other:?}");
+        }
     }
 }

@@ -144,7 +144,7 @@ fn defaults_fill_everything_optional() {
         ("db", 5432, "de", "svc")
     );
     assert_eq!(pg.password.expose(), PG_PASSWORD);
-    assert_eq!(pg.tls, PostgresTls::Disable);
+    assert_eq!(pg.tls, PostgresTls::Prefer, "TLS when offered, by default");
     assert_eq!(pg.connect_timeout, Duration::from_secs(10));
 
     assert_eq!(
@@ -611,7 +611,8 @@ fn properties_pass_through_but_not_security_or_service_keys() {
     assert_eq!(config.get("security.protocol"), Some("PLAINTEXT"));
 
     let toml = format!(
-        "{}\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"group.id\" = \"g\"\n",
+        "{}\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"group.id\" = \"g\"\n\
+         \"auto.offset.reset\" = \"latest\"\n\"linger.ms\" = \"20\"\n",
         minimal(&f)
     );
     let found = problems(load(
@@ -624,7 +625,9 @@ fn properties_pass_through_but_not_security_or_service_keys() {
     assert_eq!(
         found,
         [
-            "kafka.properties.group.id: is set by the service itself; use the [kafka] keys",
+            "kafka.properties.auto.offset.reset: is set by the service itself: earliest, so that \
+             a new consumer group starts at the first event and skips none",
+            "kafka.properties.group.id: is set by the service itself: set kafka.consumer_group",
             "kafka.properties.sasl.password (set by \
              CAMPAIGN_PUSH__KAFKA__PROPERTIES__SASL_PASSWORD): is a security setting; use \
              [kafka.security]",
@@ -673,9 +676,20 @@ fn postgres_maps_to_a_client_config() {
     );
     assert_eq!(error, expected);
 
-    let plain = load(&minimal(&f), &[]).unwrap().postgres.pg_config();
+    let default = load(&minimal(&f), &[]).unwrap().postgres;
     assert_eq!(
-        plain.get_ssl_mode(),
+        default.pg_config().get_ssl_mode(),
+        tokio_postgres::config::SslMode::Prefer
+    );
+    default.tls_connector().unwrap();
+    let plain = load(
+        &minimal(&f),
+        &[("CAMPAIGN_PUSH__POSTGRES__TLS__MODE", "disable")],
+    )
+    .unwrap();
+    assert_eq!(plain.postgres.tls, PostgresTls::Disable);
+    assert_eq!(
+        plain.postgres.pg_config().get_ssl_mode(),
         tokio_postgres::config::SslMode::Disable
     );
 }
@@ -696,8 +710,28 @@ fn postgres_tls_keys_must_fit_the_mode() {
         &format!("user = \"svc\"\ntls.ca_file = {}", quoted(&f.ca)),
     );
     assert_problem(
-        load(&disable, &[]),
+        load(
+            &disable,
+            &[("CAMPAIGN_PUSH__POSTGRES__TLS__MODE", "disable")],
+        ),
         "postgres.tls.ca_file: not used with postgres.tls.mode = \"disable\"; remove it",
+    );
+    let prefer = problems(load(&disable, &[]));
+    assert!(
+        prefer.iter().any(|p| p.starts_with(
+            "postgres.tls.ca_file: not used with postgres.tls.mode = \"prefer\" (the default)"
+        )),
+        "{prefer:#?}"
+    );
+    let unknown = problems(load(
+        &disable,
+        &[("CAMPAIGN_PUSH__POSTGRES__TLS__MODE", "allow")],
+    ));
+    assert!(
+        unknown.iter().any(|p| p
+            .starts_with("postgres.tls.mode (set by CAMPAIGN_PUSH__POSTGRES__TLS__MODE): ")
+            && p.contains("prefer")),
+        "{unknown:#?}"
     );
 }
 

@@ -10,6 +10,7 @@ pub mod canary;
 mod outcome;
 pub mod slot;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,6 +59,8 @@ pub enum LoadError {
     WorldMismatch(String),
     #[error("component failed its first instantiation or version() call: {0}")]
     Startup(String),
+    #[error("component with SHA-256 {0} is not in guest.allowed_sha256")]
+    NotAllowed(String),
 }
 
 /// A failed batch call. The instance that returned it must not be used again.
@@ -97,6 +100,8 @@ pub struct GuestRuntime {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
     limits: GuestLimits,
+    /// The SHA-256s of the only components it loads, if restricted (`guest.allowed_sha256`).
+    allowed: Option<Arc<BTreeSet<String>>>,
 }
 
 impl GuestRuntime {
@@ -124,7 +129,15 @@ impl GuestRuntime {
             engine,
             linker: Arc::new(linker),
             limits,
+            allowed: None,
         })
+    }
+
+    /// Loads only components whose SHA-256 (lowercase hex) is in `sha256s`; any other is refused
+    /// before it is compiled.
+    pub fn allowing_only(mut self, sha256s: BTreeSet<String>) -> Self {
+        self.allowed = Some(Arc::new(sha256s));
+        self
     }
 
     pub fn load_file(&self, path: &Path) -> Result<LoadedGuest, LoadError> {
@@ -137,6 +150,12 @@ impl GuestRuntime {
 
     /// Compiles `wasm`, checks it against the world, instantiates it once and asks its version.
     pub fn load(&self, wasm: &[u8]) -> Result<LoadedGuest, LoadError> {
+        let sha256 = hex(&Sha256::digest(wasm));
+        if let Some(allowed) = &self.allowed
+            && !allowed.contains(&sha256)
+        {
+            return Err(LoadError::NotAllowed(sha256));
+        }
         let component =
             Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let instance_pre = self
@@ -156,7 +175,7 @@ impl GuestRuntime {
             pre,
             identity: GuestIdentity {
                 version: String::new(),
-                sha256: hex(&Sha256::digest(wasm)),
+                sha256,
             },
             imports,
         };

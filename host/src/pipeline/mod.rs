@@ -36,6 +36,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, TopicPartitionList};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::guest::{Budget, GuestIdentity, InputEvent};
 use crate::http::Progress;
@@ -209,6 +210,13 @@ impl Pipeline {
             collect(&self.consumer, &self.settings, carried, &shutdown).await?
         {
             self.progress.batch_started();
+            // Every line logged while the batch is in work says which records it holds and which
+            // guest decides them.
+            let span = tracing::info_span!(
+                "batch",
+                input = %describe_ranges(&batch.ranges()),
+                guest = %self.transformer.identity().version,
+            );
             let Some(carry) = self
                 .process(
                     &batch,
@@ -218,6 +226,7 @@ impl Pipeline {
                     &mut watch,
                     &shutdown,
                 )
+                .instrument(span)
                 .await?
             else {
                 return Ok(());
@@ -838,6 +847,15 @@ async fn collect(
         .group_metadata()
         .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
     Ok(Some((batch, group)))
+}
+
+/// `partition:first-last` per partition, e.g. `0:17-40,2:5-5`.
+fn describe_ranges(ranges: &BTreeMap<i32, (i64, i64)>) -> String {
+    ranges
+        .iter()
+        .map(|(partition, (first, last))| format!("{partition}:{first}-{last}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -73,10 +73,14 @@ impl KafkaSink {
         timeout: Duration,
         max_message_bytes: usize,
     ) -> Result<Self, SinkError> {
+        for (name, value) in crate::config::PRODUCER_DEFAULTS {
+            if config.get(name).is_none() {
+                config.set(*name, *value);
+            }
+        }
         config
             .set("transactional.id", transactional_id)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
+            .set("enable.idempotence", "true");
         let producer: BaseProducer<DeliveryWatch> = config
             .create_with_context(DeliveryWatch::default())
             .map_err(|e| fatal("creating the producer", e))?;
