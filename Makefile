@@ -23,7 +23,7 @@ PUBLIC := http://127.0.0.1:9464
 ADMIN := http://127.0.0.1:9465
 ADMIN_TOKEN := $(ROOT)/.stack/admin-token
 
-.PHONY: help up down status reset guest build lint test test-guests bench-guest run chaos bench-pipeline bench-reload reload rollback
+.PHONY: help up down status reset guest build lint test test-guests bench-guest dist run chaos bench-pipeline bench-reload reload rollback
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,12 @@ test: up guest test-guests lint ## start the stack, build, lint, and run every t
 test-guests: ## build the guest variants and evil guests of tests/guests
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/test-guests \
 	  cargo build $(TEST_GUESTS) --release --target wasm32-wasip2
+
+dist: guest ## the release tarball: binary, guest + SHA-256, example config, systemd unit, INSTALL.md
+	cargo build --release -p campaign-push
+	@tarball=$$($(ROOT)/packaging/package.sh $(HOST_BIN) $(GUEST_WASM) $(CARGO_TARGET_DIR)/dist); \
+	  echo "dist: $$tarball"; cat "$$tarball.sha256"; \
+	  echo "guest sha256 (for guest.allowed_sha256): $$(sha256sum $(GUEST_WASM) | cut -d' ' -f1)"
 
 run: up build ## start the stack, build, and run the service against it (Ctrl-C stops it)
 	@[ -s "$(ADMIN_TOKEN)" ] || (umask 077; head -c 32 /dev/urandom | base64 | tr -d '=+/\n' > "$(ADMIN_TOKEN)")

@@ -128,6 +128,12 @@ impl Deployment {
     /// Starts the service without waiting for it to be ready: for runs that may end before (a
     /// crash point, see `host/src/failpoint.rs`, set by a `FAILPOINTS` override).
     pub fn spawn_with(&self, env: &StackEnv, overrides: &[(&str, &str)]) -> Service {
+        self.spawn_command(self.command(env, "run"), overrides)
+    }
+
+    /// Spawns `command` (a `run` of this deployment, see [`Deployment::command`]) on free ports,
+    /// with an admin token of its own, its log captured, and `overrides` set last.
+    pub fn spawn_command(&self, mut command: Command, overrides: &[(&str, &str)]) -> Service {
         let http_port = free_port();
         let admin_port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
@@ -138,7 +144,6 @@ impl Deployment {
             format!("{}\n", unique_name("admin-token")),
         )
         .unwrap();
-        let mut command = self.command(env, "run");
         command
             .env(
                 "CAMPAIGN_PUSH__HTTP__LISTEN",

@@ -849,10 +849,17 @@ fn example_files_load() {
             .all(|p| p.starts_with("kafka.security.ca_file: cannot open")
                 || p.starts_with("kafka.security.password: required")
                 || p.starts_with("postgres.tls.ca_file: cannot open")
-                || p.starts_with("guest.path: cannot open")),
+                || p.starts_with("guest.path: cannot open")
+                || p.starts_with("admin.token_file: cannot open")),
         "the example needs only its files and the Kafka password: {found:#?}"
     );
     let kafka_password_file = f.kafka_password.display().to_string();
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("admin-token");
+    std::fs::write(&token_file, "an-admin-token-of-some-length").unwrap();
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&token_file, private).unwrap();
+    let token_file = token_file.display().to_string();
     let config = load(
         &example,
         &[
@@ -863,9 +870,11 @@ fn example_files_load() {
             ("CAMPAIGN_PUSH__KAFKA__SECURITY__CA_FILE", &ca),
             ("CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE", &ca),
             ("CAMPAIGN_PUSH__GUEST__PATH", &guest),
+            ("CAMPAIGN_PUSH__ADMIN__TOKEN_FILE", &token_file),
         ],
     )
     .unwrap();
+    assert!(config.admin.token.is_some());
     let kafka = config.kafka.client_config();
     assert!(kafka.get("bootstrap.servers").unwrap().ends_with(":9091"));
     assert_eq!(kafka.get("security.protocol"), Some("SASL_SSL"));
@@ -885,4 +894,90 @@ fn example_files_load() {
             ca_file: f.ca.clone()
         }
     );
+}
+
+#[test]
+fn the_admin_token_file_must_be_private_and_long_enough() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    let path = token.to_str().unwrap();
+    let set = [("CAMPAIGN_PUSH__ADMIN__TOKEN_FILE", path)];
+    let chmod = |mode| std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode));
+
+    let unset = load(&minimal(&f), &[]).unwrap().admin;
+    assert!(unset.token.is_none(), "no file, no admin API");
+    assert_eq!(unset.listen, "127.0.0.1:9465".parse().unwrap());
+
+    std::fs::write(&token, "0123456789abcdef-token\n").unwrap();
+    chmod(0o640).unwrap();
+    let admin = load(&minimal(&f), &set).unwrap().admin;
+    assert!(admin.token.unwrap().matches(b"0123456789abcdef-token"));
+
+    chmod(0o644).unwrap();
+    assert_problem(
+        load(&minimal(&f), &set),
+        &format!(
+            "admin.token_file (set by CAMPAIGN_PUSH__ADMIN__TOKEN_FILE): {path} is open to other \
+             users (mode 644); `chmod o-rwx` it"
+        ),
+    );
+    chmod(0o600).unwrap();
+    std::fs::write(&token, "short\n").unwrap();
+    assert_problem(
+        load(&minimal(&f), &set),
+        &format!(
+            "admin.token_file (set by CAMPAIGN_PUSH__ADMIN__TOKEN_FILE): {path}: the token is \
+             shorter than 16 characters"
+        ),
+    );
+    std::fs::write(&token, "0123456789 abcdef-token").unwrap();
+    let found = problems(load(&minimal(&f), &set));
+    assert!(
+        found[0].ends_with("the token contains white space"),
+        "{found:?}"
+    );
+    assert!(!found[0].contains("abcdef"), "the token is never quoted");
+}
+
+#[test]
+fn allowed_sha256_takes_an_array_or_a_comma_separated_list() {
+    let f = files();
+    let (a, b) = ("ab".repeat(32), "CD".repeat(32));
+    let toml = minimal(&f).replace(
+        "[guest]",
+        &format!("[guest]\nallowed_sha256 = [\"{a}\", \"{b}\"]"),
+    );
+    let expected = BTreeSet::from([a.clone(), b.to_lowercase()]);
+    let from_file = load(&toml, &[]).unwrap().guest.allowed_sha256;
+    assert_eq!(from_file.as_ref(), Some(&expected));
+    let listed = format!("{a}, {b}");
+    let from_env = load(
+        &minimal(&f),
+        &[("CAMPAIGN_PUSH__GUEST__ALLOWED_SHA256", &listed)],
+    )
+    .unwrap()
+    .guest
+    .allowed_sha256;
+    assert_eq!(from_env.as_ref(), Some(&expected));
+    assert_eq!(load(&minimal(&f), &[]).unwrap().guest.allowed_sha256, None);
+
+    let refused = [
+        (
+            "[]",
+            "an empty list would refuse every guest; remove the key to allow any",
+        ),
+        (
+            "[\"abc\"]",
+            "\"abc\" is not a SHA-256 (64 hexadecimal digits)",
+        ),
+    ];
+    for (value, message) in refused {
+        let toml = minimal(&f).replace("[guest]", &format!("[guest]\nallowed_sha256 = {value}"));
+        assert_problem(
+            load(&toml, &[]),
+            &format!("guest.allowed_sha256: {message}"),
+        );
+    }
 }
