@@ -364,16 +364,17 @@ fn json_logs_name_each_batch_s_offsets_and_guest_and_a_file_gets_no_colour() {
     let subscriptions = Subscriptions::insert(&env, &run_id, 1, 2);
     let deployment = Deployment::new(&env, "logs");
     let v1 = GuestBuild::read(&guest_wasm());
-    let service = deployment.start_with(
-        &env,
-        &[
-            ("CAMPAIGN_PUSH__LOG__FORMAT", "json"),
-            (
-                "CAMPAIGN_PUSH__LOG__FILTER",
-                "info,librdkafka=warn,campaign_push::pipeline=debug",
-            ),
-        ],
+    // The flag, over the configuration's `log.format = "human"`.
+    let mut command = deployment.command(&env, "run");
+    command.arg("--log-json");
+    let mut service = deployment.spawn_command(
+        command,
+        &[(
+            "CAMPAIGN_PUSH__LOG__FILTER",
+            "info,librdkafka=warn,campaign_push::pipeline=debug",
+        )],
     );
+    service.wait_ready();
     let restaurant = &subscriptions.restaurants[0];
     let values: Vec<String> = (0..3)
         .map(|i| campaign_event(&format!("{run_id}-e{i}"), restaurant, "logged offer"))

@@ -74,7 +74,16 @@ fn main() {
         .collect();
     deployment.produce_spread(&values);
 
-    let service = deployment.start(&env);
+    // BENCH_CAMPAIGN_PUSH__KEY=value sets CAMPAIGN_PUSH__KEY for the service, to compare settings.
+    let settings: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(key, value)| Some((key.strip_prefix("BENCH_")?.to_owned(), value)))
+        .filter(|(key, _)| key.starts_with("CAMPAIGN_PUSH__"))
+        .collect();
+    let overrides: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    let service = deployment.start_with(&env, &overrides);
     let started = Instant::now();
     deployment.wait_consumed(Duration::from_secs(600));
     let elapsed = started.elapsed().as_secs_f64();
@@ -93,6 +102,21 @@ fn main() {
         EVENTS as f64 / elapsed,
         rows / elapsed,
         batch_seconds / batches.max(1.0) * 1000.0,
+    );
+    let stage = |name: &str| {
+        let sum = service
+            .metric(&format!(
+                "campaign_push_stage_seconds_sum{{stage=\"{name}\"}}"
+            ))
+            .unwrap_or(0.0);
+        sum / batches.max(1.0) * 1000.0
+    };
+    println!(
+        "per batch: collect {:.1} ms, decide {:.1} ms, postgres {:.1} ms, kafka {:.1} ms; settings {settings:?}",
+        stage("collect"),
+        stage("decide"),
+        stage("postgres"),
+        stage("kafka"),
     );
     drop(service);
 }

@@ -20,12 +20,20 @@ pub struct Metrics {
     pub sink_retries: Family<Vec<(String, String)>, Counter>,
     pub batch_size: Histogram,
     pub batch_seconds: Histogram,
+    pub stage_seconds: StageHistograms,
     pub consumer_lag: Gauge,
     pub cache_rows: Gauge,
     pub cache_age_seconds: Gauge,
     pub guest: Family<Vec<(String, String)>, Gauge>,
     pub guest_swaps: Family<Vec<(String, String)>, Counter>,
     pub ledger_pairs_purged: Counter,
+}
+
+/// One histogram per pipeline stage, labelled `stage`.
+pub type StageHistograms = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 impl Default for Metrics {
@@ -42,6 +50,7 @@ impl Default for Metrics {
             sink_retries: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            stage_seconds: Family::new_with_constructor(stage_histogram),
             consumer_lag: Gauge::default(),
             cache_rows: Gauge::default(),
             cache_age_seconds: Gauge::default(),
@@ -97,6 +106,12 @@ impl Default for Metrics {
             metrics.batch_seconds.clone(),
         );
         registry.register(
+            "stage_seconds",
+            "Time a batch spends in each stage: collect (first event to batch closed), decide \
+             (recall and guest), postgres (store), kafka (deliver and commit)",
+            metrics.stage_seconds.clone(),
+        );
+        registry.register(
             "consumer_lag",
             "Input records not yet consumed, summed over assigned partitions",
             metrics.consumer_lag.clone(),
@@ -150,6 +165,12 @@ impl Metrics {
                 ("sha256".to_owned(), sha256.to_owned()),
             ])
             .set(1);
+    }
+
+    pub fn observe_stage(&self, stage: &str, seconds: f64) {
+        self.stage_seconds
+            .get_or_create(&vec![("stage".to_owned(), stage.to_owned())])
+            .observe(seconds);
     }
 
     pub fn count_guest_swap(&self, action: &str, result: &str) {

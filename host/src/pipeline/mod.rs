@@ -546,6 +546,15 @@ impl Pipeline {
         metrics.batch_size.observe(batch.events.len() as f64);
         let latency = batch.first_received.elapsed().as_secs_f64();
         metrics.batch_seconds.observe(latency);
+        let stages = [
+            ("collect", times.collected - batch.first_received),
+            ("decide", times.decided - times.collected),
+            ("postgres", times.stored - times.decided),
+            ("kafka", times.delivered - times.stored),
+        ];
+        for (stage, time) in stages {
+            metrics.observe_stage(stage, time.as_secs_f64());
+        }
         tracing::debug!(
             offsets = ?batch.ranges(),
             commits = ?plan.commits,
