@@ -1,0 +1,173 @@
+//! Figures over several runs (median, min, max), percentiles, and rates taken from the slope of
+//! a counter between 10 % and 90 % of its way, which leaves out the start (consumer group join,
+//! first fetches, caches warming) and the tail (the last partial batches).
+
+use crate::service::Sample;
+
+/// One reported figure: a value per run, reported as median with min and max.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub section: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub values: Vec<f64>,
+    /// How it was obtained: the phase and the method, and what to run to reproduce it.
+    pub how: String,
+}
+
+impl Figure {
+    pub fn median(&self) -> Option<f64> {
+        median(&self.values)
+    }
+
+    pub fn min(&self) -> Option<f64> {
+        self.values.iter().copied().reduce(f64::min)
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        self.values.iter().copied().reduce(f64::max)
+    }
+}
+
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    })
+}
+
+/// The `q`-quantile (0 ≤ q ≤ 1) of sorted values, nearest rank.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// The time at which `value(sample) - base` first reached `target`, interpolated between
+/// samples.
+fn crossing(
+    samples: &[Sample],
+    value: impl Fn(&Sample) -> f64,
+    base: f64,
+    target: f64,
+) -> Option<f64> {
+    let mut previous: Option<&Sample> = None;
+    for sample in samples {
+        let v = value(sample) - base;
+        if v >= target {
+            return Some(match previous {
+                Some(p) if value(p) - base < target => {
+                    let pv = value(p) - base;
+                    p.t + (sample.t - p.t) * (target - pv) / (v - pv)
+                }
+                _ => sample.t,
+            });
+        }
+        previous = Some(sample);
+    }
+    None
+}
+
+/// Linear interpolation of `value` at time `t`.
+fn at(samples: &[Sample], value: impl Fn(&Sample) -> f64, t: f64) -> Option<f64> {
+    let after = samples.iter().position(|s| s.t >= t)?;
+    let b = &samples[after];
+    if after == 0 || b.t == t {
+        return Some(value(b));
+    }
+    let a = &samples[after - 1];
+    Some(value(a) + (value(b) - value(a)) * (t - a.t) / (b.t - a.t))
+}
+
+/// A phase's steady state, from the service's counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Output messages per second between 10 % and 90 % of the phase's outputs.
+    pub outputs_per_s: f64,
+    /// `subscribers_feedback` rows per second between 10 % and 90 % of the phase's rows.
+    pub rows_per_s: f64,
+    /// CPU seconds of the service per million outputs, over the outputs' window.
+    pub cpu_per_million: f64,
+    /// The largest resident set sampled during the window.
+    pub max_rss: u64,
+}
+
+/// The steady state of a phase that adds `expected` outputs and rows to the counters as they
+/// stood at `base`.
+pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window> {
+    let (lo, hi) = (0.1 * expected, 0.9 * expected);
+    let out_lo = crossing(samples, |s| s.outputs, base.outputs, lo)?;
+    let out_hi = crossing(samples, |s| s.outputs, base.outputs, hi)?;
+    let rows_lo = crossing(samples, |s| s.rows, base.rows, lo)?;
+    let rows_hi = crossing(samples, |s| s.rows, base.rows, hi)?;
+    if out_hi <= out_lo || rows_hi <= rows_lo {
+        return None;
+    }
+    let cpu = at(samples, |s| s.cpu, out_hi)? - at(samples, |s| s.cpu, out_lo)?;
+    let max_rss = samples
+        .iter()
+        .filter(|s| s.t >= out_lo && s.t <= out_hi)
+        .map(|s| s.rss)
+        .max()
+        .unwrap_or(base.rss);
+    Some(Window {
+        outputs_per_s: (hi - lo) / (out_hi - out_lo),
+        rows_per_s: (hi - lo) / (rows_hi - rows_lo),
+        cpu_per_million: cpu / (hi - lo) * 1e6,
+        max_rss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, n: f64, cpu: f64) -> Sample {
+        Sample {
+            t,
+            outputs: n,
+            rows: n,
+            events_in: 0.0,
+            cpu,
+            rss: 1,
+        }
+    }
+
+    #[test]
+    fn medians_and_quantiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&sorted, 0.5), Some(50.0));
+        assert_eq!(quantile(&sorted, 0.99), Some(99.0));
+        assert_eq!(quantile(&sorted, 1.0), Some(100.0));
+    }
+
+    #[test]
+    fn the_window_leaves_out_a_slow_start() {
+        // 1,000 outputs: nothing for 2 s, then 100 per second.
+        let mut samples = vec![sample(0.0, 0.0, 0.0), sample(2.0, 0.0, 0.0)];
+        for s in 1..=10 {
+            samples.push(sample(
+                2.0 + f64::from(s),
+                100.0 * f64::from(s),
+                0.5 * f64::from(s),
+            ));
+        }
+        let w = window(&samples, &samples[0], 1_000.0).unwrap();
+        assert!((w.outputs_per_s - 100.0).abs() < 1e-9);
+        assert!((w.rows_per_s - 100.0).abs() < 1e-9);
+        // 0.5 CPU seconds per 100 outputs.
+        assert!((w.cpu_per_million - 5_000.0).abs() < 1e-6);
+    }
+}
