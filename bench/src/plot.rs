@@ -63,14 +63,14 @@ pub fn throughput(path: &Path, samples: &[(usize, Sample)], spans: &[Span]) -> R
             continue;
         };
         let t0 = first.t;
+        // Over the last second: the counters step once per batch, so a rate between two samples
+        // 100 ms apart would be all spikes and zeros.
         let points: Vec<(f64, f64)> = run_samples
-            .windows(2)
-            .filter(|w| w[1].t > w[0].t)
-            .map(|w| {
-                (
-                    w[1].t - t0,
-                    (w[1].outputs - w[0].outputs) / (w[1].t - w[0].t),
-                )
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let back = run_samples[..i].iter().rev().find(|p| p.t <= s.t - 1.0)?;
+                Some((s.t - t0, (s.outputs - back.outputs) / (s.t - back.t)))
             })
             .collect();
         series.push((run, t0, points));
@@ -89,7 +89,7 @@ pub fn throughput(path: &Path, samples: &[(usize, Sample)], spans: &[Span]) -> R
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Output messages/s over time (service counters, 200 ms samples)",
+            "Output messages/s over time (service counters, 1 s moving window)",
             ("sans-serif", 22),
         )
         .margin(15)

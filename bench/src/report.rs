@@ -304,7 +304,7 @@ pub fn write(dir: &Path, results: &Results, cx: &Context<'_>) -> Result<()> {
     let _ = writeln!(md, "\n## Files\n");
     let _ = writeln!(
         md,
-        "- `figures.csv`: every figure, one value per run; `timeline.csv`: the service's counters, CPU and RSS every 200 ms; `phases.csv`: when each phase ran; `latency.csv`: every measured event's latencies; `service-*.log`: the service's logs; `guest-bench-run*.txt`: the guest bench's output"
+        "- `figures.csv`: every figure, one value per run; `timeline.csv`: the service's counters, CPU and RSS every 100 ms; `phases.csv`: when each phase ran; `latency.csv`: every measured event's latencies; `service-*.log`: the service's logs; `guest-bench-run*.txt`: the guest bench's output"
     );
     for plot in cx.plots {
         let _ = writeln!(md, "\n![{plot}]({plot})");

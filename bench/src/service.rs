@@ -15,9 +15,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::stack::Stack;
 
-/// How often the sampler reads `/metrics` and `/proc`: fine enough for a 10 %–90 % slope of a
-/// few seconds, cheap enough (one small HTTP request) not to disturb the service.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How often the sampler reads `/metrics` and `/proc`: fine enough to time each batch's commit
+/// (the counters step once per batch), cheap enough (one small HTTP request) not to disturb the
+/// service.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// What one service process is deployed on.
 pub struct Deployment {
@@ -196,6 +197,9 @@ impl Service {
         if let Some((stop, handle)) = self.sampler.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
+        }
+        if !self.is_running() {
+            return;
         }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

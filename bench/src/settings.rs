@@ -21,7 +21,8 @@ pub struct Settings {
     pub subscriptions: u64,
     pub restaurants: u64,
     pub fan_outs: Vec<FanOut>,
-    /// Rows and messages each ceiling writes, and per transaction.
+    /// Rows and messages each ceiling writes (`BENCH_CEILING_OUTPUTS`), and per transaction
+    /// (`BENCH_CEILING_BATCH`, default 5,000: the service's batch of 500 events at fan-out 10).
     pub ceiling_outputs: u64,
     pub ceiling_batch: u64,
     /// `BENCH_LATENCY_RATE` (default 1000) events/s with fan-out 10 for `latency_seconds`.
@@ -40,22 +41,24 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> Result<Self> {
         let quick = flag("BENCH_QUICK", false)?;
+        // Each phase spans several of the service's batches (500 events or 20,000 outputs by
+        // default), or its rate could not be told from one batch's step of the counters.
         let fan_outs = if quick {
             vec![
                 FanOut {
                     fan_out: 10,
                     restaurants: 100,
-                    events: 2_000,
+                    events: 5_000,
                 },
                 FanOut {
                     fan_out: 100,
                     restaurants: 20,
-                    events: 200,
+                    events: 1_000,
                 },
                 FanOut {
                     fan_out: 10_000,
                     restaurants: 1,
-                    events: 2,
+                    events: 10,
                 },
             ]
         } else {
@@ -83,7 +86,10 @@ impl Settings {
             subscriptions: if quick { 50_000 } else { 1_000_000 },
             restaurants: if quick { 500 } else { 10_000 },
             fan_outs,
-            ceiling_outputs: if quick { 20_000 } else { 500_000 },
+            ceiling_outputs: number(
+                "BENCH_CEILING_OUTPUTS",
+                if quick { 50_000 } else { 500_000 },
+            )?,
             ceiling_batch: number("BENCH_CEILING_BATCH", 5_000)?.max(1),
             latency_rate: number("BENCH_LATENCY_RATE", 1_000)? as f64,
             latency_seconds: if quick { 5.0 } else { 30.0 },

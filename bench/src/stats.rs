@@ -52,40 +52,14 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
-/// The time at which `value(sample) - base` first reached `target`, interpolated between
-/// samples.
-fn crossing(
-    samples: &[Sample],
+/// The first sample at which `value(sample) - base` had reached `target`.
+fn first_reaching<'a>(
+    samples: &'a [Sample],
     value: impl Fn(&Sample) -> f64,
     base: f64,
     target: f64,
-) -> Option<f64> {
-    let mut previous: Option<&Sample> = None;
-    for sample in samples {
-        let v = value(sample) - base;
-        if v >= target {
-            return Some(match previous {
-                Some(p) if value(p) - base < target => {
-                    let pv = value(p) - base;
-                    p.t + (sample.t - p.t) * (target - pv) / (v - pv)
-                }
-                _ => sample.t,
-            });
-        }
-        previous = Some(sample);
-    }
-    None
-}
-
-/// Linear interpolation of `value` at time `t`.
-fn at(samples: &[Sample], value: impl Fn(&Sample) -> f64, t: f64) -> Option<f64> {
-    let after = samples.iter().position(|s| s.t >= t)?;
-    let b = &samples[after];
-    if after == 0 || b.t == t {
-        return Some(value(b));
-    }
-    let a = &samples[after - 1];
-    Some(value(a) + (value(b) - value(a)) * (t - a.t) / (b.t - a.t))
+) -> Option<&'a Sample> {
+    samples.iter().find(|s| value(s) - base >= target)
 }
 
 /// A phase's steady state, from the service's counters.
@@ -101,28 +75,37 @@ pub struct Window {
     pub max_rss: u64,
 }
 
+/// The rate of a counter between the samples where it first reached 10 % and 90 % of
+/// `expected`, with the samples' own values and times: the counters step once per batch, so
+/// interpolating between samples would invent times inside a batch. `None` when both points fall
+/// on one step (the phase was too few batches for a rate).
+fn slope<'a>(
+    samples: &'a [Sample],
+    value: impl Fn(&Sample) -> f64 + Copy,
+    base: f64,
+    expected: f64,
+) -> Option<(f64, &'a Sample, &'a Sample)> {
+    let lo = first_reaching(samples, value, base, 0.1 * expected)?;
+    let hi = first_reaching(samples, value, base, 0.9 * expected)?;
+    let (dv, dt) = (value(hi) - value(lo), hi.t - lo.t);
+    (dv > 0.0 && dt > 0.0).then(|| (dv / dt, lo, hi))
+}
+
 /// The steady state of a phase that adds `expected` outputs and rows to the counters as they
-/// stood at `base`.
+/// stood at `base`; `samples` are in time order.
 pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window> {
-    let (lo, hi) = (0.1 * expected, 0.9 * expected);
-    let out_lo = crossing(samples, |s| s.outputs, base.outputs, lo)?;
-    let out_hi = crossing(samples, |s| s.outputs, base.outputs, hi)?;
-    let rows_lo = crossing(samples, |s| s.rows, base.rows, lo)?;
-    let rows_hi = crossing(samples, |s| s.rows, base.rows, hi)?;
-    if out_hi <= out_lo || rows_hi <= rows_lo {
-        return None;
-    }
-    let cpu = at(samples, |s| s.cpu, out_hi)? - at(samples, |s| s.cpu, out_lo)?;
+    let (outputs_per_s, lo, hi) = slope(samples, |s| s.outputs, base.outputs, expected)?;
+    let (rows_per_s, _, _) = slope(samples, |s| s.rows, base.rows, expected)?;
     let max_rss = samples
         .iter()
-        .filter(|s| s.t >= out_lo && s.t <= out_hi)
+        .filter(|s| s.t >= lo.t && s.t <= hi.t)
         .map(|s| s.rss)
         .max()
         .unwrap_or(base.rss);
     Some(Window {
-        outputs_per_s: (hi - lo) / (out_hi - out_lo),
-        rows_per_s: (hi - lo) / (rows_hi - rows_lo),
-        cpu_per_million: cpu / (hi - lo) * 1e6,
+        outputs_per_s,
+        rows_per_s,
+        cpu_per_million: (hi.cpu - lo.cpu) / (hi.outputs - lo.outputs) * 1e6,
         max_rss,
     })
 }
