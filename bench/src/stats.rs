@@ -53,12 +53,12 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 /// The first sample at which `value(sample) - base` had reached `target`.
-fn first_reaching<'a>(
-    samples: &'a [Sample],
+fn first_reaching(
+    samples: &[Sample],
     value: impl Fn(&Sample) -> f64,
     base: f64,
     target: f64,
-) -> Option<&'a Sample> {
+) -> Option<&Sample> {
     samples.iter().find(|s| value(s) - base >= target)
 }
 
@@ -79,12 +79,12 @@ pub struct Window {
 /// `expected`, with the samples' own values and times: the counters step once per batch, so
 /// interpolating between samples would invent times inside a batch. `None` when both points fall
 /// on one step (the phase was too few batches for a rate).
-fn slope<'a>(
-    samples: &'a [Sample],
+fn slope(
+    samples: &[Sample],
     value: impl Fn(&Sample) -> f64 + Copy,
     base: f64,
     expected: f64,
-) -> Option<(f64, &'a Sample, &'a Sample)> {
+) -> Option<(f64, &Sample, &Sample)> {
     let lo = first_reaching(samples, value, base, 0.1 * expected)?;
     let hi = first_reaching(samples, value, base, 0.9 * expected)?;
     let (dv, dt) = (value(hi) - value(lo), hi.t - lo.t);
