@@ -192,6 +192,7 @@ fn measure(bench: &mut Bench<'_>, layout: &Layout) -> Result<()> {
         anyhow::Ok(())
     })?;
     println!("bench: loaded in {:.1} s", started.elapsed().as_secs_f64());
+    bench.warm_up(&db.name, &mut topics)?;
     for run in 1..=bench.settings.runs {
         bench.run_once(run, &db.name, layout, &mut topics)?;
     }

@@ -21,7 +21,6 @@ pub const NOT_MEASURED: &[&str] = &[
      `guest_transform::transform_batch` with the cache as its lookup instead of the component); \
      the host has none. The guest boundary alone is measured by the guest bench above.",
     "**Largest batch around a hot swap**: measured by `make bench-reload`, not repeated here.",
-    "**CPU of Kafka and PostgreSQL**: only the host's CPU is sampled (from `/proc`).",
 ];
 
 pub fn utc_now() -> (String, String) {
@@ -304,7 +303,7 @@ pub fn write(dir: &Path, results: &Results, cx: &Context<'_>) -> Result<()> {
     let _ = writeln!(md, "\n## Files\n");
     let _ = writeln!(
         md,
-        "- `figures.csv`: every figure, one value per run; `timeline.csv`: the service's counters, CPU and RSS every 100 ms; `phases.csv`: when each phase ran; `latency.csv`: every measured event's latencies; `service-*.log`: the service's logs; `guest-bench-run*.txt`: the guest bench's output"
+        "- `figures.csv`: every figure, one value per run; `timeline.csv`: the service's counters, its CPU and RSS, and the CPU of the broker, PostgreSQL and the bench every 100 ms; `phases.csv`: when each phase ran; `latency.csv`: every measured event's latencies; `service-*.log`: the service's logs; `guest-bench-run*.txt`: the guest bench's output"
     );
     for plot in cx.plots {
         let _ = writeln!(md, "\n![{plot}]({plot})");
@@ -330,13 +329,14 @@ pub fn write(dir: &Path, results: &Results, cx: &Context<'_>) -> Result<()> {
     }
     std::fs::write(dir.join("figures.csv"), csv)?;
 
-    let mut csv =
-        String::from("run,t_s,outputs,feedback_rows,events_in,host_cpu_s,host_rss_bytes\n");
+    let mut csv = String::from(
+        "run,t_s,outputs,feedback_rows,events_in,host_cpu_s,host_rss_bytes,kafka_cpu_s,postgres_cpu_s,bench_cpu_s\n",
+    );
     for (run, s) in &results.samples {
         let _ = writeln!(
             csv,
-            "{run},{:.3},{},{},{},{:.2},{}",
-            s.t, s.outputs, s.rows, s.events_in, s.cpu, s.rss
+            "{run},{:.3},{},{},{},{:.2},{},{:.2},{:.2},{:.2}",
+            s.t, s.outputs, s.rows, s.events_in, s.cpu, s.rss, s.kafka_cpu, s.pg_cpu, s.bench_cpu
         );
     }
     std::fs::write(dir.join("timeline.csv"), csv)?;

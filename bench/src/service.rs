@@ -45,6 +45,18 @@ pub struct Sample {
     /// utime + stime of the process, in seconds.
     pub cpu: f64,
     pub rss: u64,
+    /// CPU seconds of the stack's broker, of PostgreSQL (the server and its backends, live and
+    /// exited), and of the bench itself (its generator and reader): who else used the cores.
+    pub kafka_cpu: f64,
+    pub pg_cpu: f64,
+    pub bench_cpu: f64,
+}
+
+/// The other processes whose CPU time each sample records.
+#[derive(Debug, Clone, Copy)]
+pub struct Others {
+    pub kafka: Option<u32>,
+    pub postgres: Option<u32>,
 }
 
 pub struct Service {
@@ -53,6 +65,7 @@ pub struct Service {
     pub spawned: Instant,
     sampler: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     samples: Arc<Mutex<Vec<Sample>>>,
+    others: Others,
 }
 
 /// `CAMPAIGN_PUSH__…` settings of the bench's own environment that are passed on to the service
@@ -111,6 +124,7 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        let (kafka, postgres) = crate::stack::server_pids(&stack.root);
         let spawned = Instant::now();
         let child = command
             .spawn()
@@ -121,6 +135,7 @@ impl Service {
             spawned,
             sampler: None,
             samples: Arc::default(),
+            others: Others { kafka, postgres },
         })
     }
 
@@ -165,11 +180,16 @@ impl Service {
     /// Starts sampling counters and `/proc` every [`SAMPLE_EVERY`], with times from `epoch`.
     pub fn start_sampler(&mut self, epoch: Instant) {
         let stop = Arc::new(AtomicBool::new(false));
-        let (port, pid, samples) = (self.http_port, self.pid(), self.samples.clone());
+        let (port, pid, samples, others) = (
+            self.http_port,
+            self.pid(),
+            self.samples.clone(),
+            self.others,
+        );
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                if let Some(sample) = sample(port, pid, epoch) {
+                if let Some(sample) = sample(port, pid, others, epoch) {
                     samples.lock().unwrap().push(sample);
                 }
                 std::thread::sleep(SAMPLE_EVERY);
@@ -185,7 +205,7 @@ impl Service {
 
     /// The latest sample, taken now.
     pub fn sample_now(&self, epoch: Instant) -> Option<Sample> {
-        sample(self.http_port, self.pid(), epoch)
+        sample(self.http_port, self.pid(), self.others, epoch)
     }
 
     /// SIGTERM, then the exit (SIGKILL after 30 s).
@@ -222,10 +242,11 @@ impl Drop for Service {
     }
 }
 
-fn sample(port: u16, pid: u32, epoch: Instant) -> Option<Sample> {
+fn sample(port: u16, pid: u32, others: Others, epoch: Instant) -> Option<Sample> {
     let metrics = http_get(port, "/metrics")?;
     let t = epoch.elapsed().as_secs_f64();
     let (cpu, rss) = proc_usage(pid)?;
+    let tree = |pid: Option<u32>| pid.map_or(f64::NAN, tree_cpu);
     Some(Sample {
         t,
         outputs: metric(&metrics, "campaign_push_outputs_total").unwrap_or(0.0),
@@ -233,7 +254,48 @@ fn sample(port: u16, pid: u32, epoch: Instant) -> Option<Sample> {
         events_in: metric(&metrics, "campaign_push_events_in_total").unwrap_or(0.0),
         cpu,
         rss,
+        kafka_cpu: tree(others.kafka),
+        pg_cpu: tree(others.postgres),
+        bench_cpu: tree(Some(std::process::id())),
     })
+}
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // The state (a letter) becomes 0; the numbers stay.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU seconds of a process and its children: its own utime + stime, the cutime + cstime of the
+/// children it has waited for (PostgreSQL's exited backends), and the utime + stime of its live
+/// children (the running backends).
+fn tree_cpu(pid: u32) -> f64 {
+    // After the name: state is 0, ppid 1, utime 11, stime 12, cutime 13, cstime 14.
+    let Some(own) = stat_fields(&pid.to_string()) else {
+        return f64::NAN;
+    };
+    let mut ticks: u64 = own.get(11..15).map_or(0, |f| f.iter().sum());
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Some(f) = stat_fields(&name)
+                && f.get(1) == Some(&u64::from(pid))
+            {
+                ticks += f.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
+            }
+        }
+    }
+    ticks as f64 / clock_ticks() as f64
 }
 
 /// The value of a counter or gauge without labels in a Prometheus text exposition.

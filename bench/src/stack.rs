@@ -163,6 +163,24 @@ impl Stack {
     }
 }
 
+/// The process ids of the stack's broker and PostgreSQL server, from their pid files, for their
+/// CPU time: `None` where a pid file cannot be read (a stack run by another user, say).
+pub fn server_pids(root: &Path) -> (Option<u32>, Option<u32>) {
+    let first_line = |path: PathBuf| -> Option<u32> {
+        std::fs::read_to_string(path)
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    (
+        first_line(root.join(".stack/kafka/kafka.pid")),
+        first_line(root.join(".stack/postgres/data/postmaster.pid")),
+    )
+}
+
 /// A database that exists for one bench run: created empty with the contract's schema, owned by
 /// the service user, dropped (with any open sessions) when this is dropped, so that the stack's
 /// `de` database and its other users never see the bench's rows.

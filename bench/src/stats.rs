@@ -71,6 +71,10 @@ pub struct Window {
     pub rows_per_s: f64,
     /// CPU seconds of the service per million outputs, over the outputs' window.
     pub cpu_per_million: f64,
+    /// The same for the broker, PostgreSQL and the bench's own clients (NaN: not sampled).
+    pub kafka_cpu_per_million: f64,
+    pub pg_cpu_per_million: f64,
+    pub bench_cpu_per_million: f64,
     /// The largest resident set sampled during the window.
     pub max_rss: u64,
 }
@@ -102,10 +106,15 @@ pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window
         .map(|s| s.rss)
         .max()
         .unwrap_or(base.rss);
+    let per_million =
+        |cpu: fn(&Sample) -> f64| (cpu(hi) - cpu(lo)) / (hi.outputs - lo.outputs) * 1e6;
     Some(Window {
         outputs_per_s,
         rows_per_s,
-        cpu_per_million: (hi.cpu - lo.cpu) / (hi.outputs - lo.outputs) * 1e6,
+        cpu_per_million: per_million(|s| s.cpu),
+        kafka_cpu_per_million: per_million(|s| s.kafka_cpu),
+        pg_cpu_per_million: per_million(|s| s.pg_cpu),
+        bench_cpu_per_million: per_million(|s| s.bench_cpu),
         max_rss,
     })
 }
@@ -122,6 +131,7 @@ mod tests {
             events_in: 0.0,
             cpu,
             rss: 1,
+            ..Sample::default()
         }
     }
 
