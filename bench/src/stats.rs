@@ -148,19 +148,24 @@ mod tests {
 
     #[test]
     fn the_window_leaves_out_a_slow_start() {
-        // 1,000 outputs: nothing for 2 s, then 100 per second.
-        let mut samples = vec![sample(0.0, 0.0, 0.0), sample(2.0, 0.0, 0.0)];
-        for s in 1..=10 {
-            samples.push(sample(
-                2.0 + f64::from(s),
-                100.0 * f64::from(s),
-                0.5 * f64::from(s),
-            ));
+        // 1,000 outputs: nothing for 2 s, then a batch of 100 every second, sampled four times a
+        // second.
+        let mut samples = vec![sample(0.0, 0.0, 0.0)];
+        for q in 1..=48 {
+            let t = f64::from(q) * 0.25;
+            let batches = (t - 2.0).floor().clamp(0.0, 10.0);
+            samples.push(sample(t, 100.0 * batches, 0.5 * batches));
         }
         let w = window(&samples, &samples[0], 1_000.0).unwrap();
-        assert!((w.outputs_per_s - 100.0).abs() < 1e-9);
+        assert!((w.outputs_per_s - 100.0).abs() < 1e-9, "{w:?}");
         assert!((w.rows_per_s - 100.0).abs() < 1e-9);
         // 0.5 CPU seconds per 100 outputs.
         assert!((w.cpu_per_million - 5_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_batch_gives_no_rate() {
+        let samples = [sample(0.0, 0.0, 0.0), sample(1.0, 1_000.0, 1.0)];
+        assert!(window(&samples, &samples[0], 1_000.0).is_none());
     }
 }
