@@ -17,6 +17,7 @@ mod ceilings;
 mod generator;
 mod phases;
 mod plot;
+mod png;
 mod reader;
 mod report;
 mod service;

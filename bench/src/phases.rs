@@ -485,7 +485,7 @@ impl Bench<'_> {
         let end = self.epoch.elapsed().as_secs_f64();
         self.results.spans.push(Span {
             run,
-            phase: phase.to_owned(),
+            phase: format!("{phase}: {rate:.0} events/s"),
             start: t0,
             end,
         });

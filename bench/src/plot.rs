@@ -1,4 +1,5 @@
-//! PNG plots, drawn after every measurement (so their CPU use does not distort a figure):
+//! PNG plots (drawn by plotters into a buffer, encoded by [`crate::png`]), drawn after every
+//! measurement (so their CPU use does not distort a figure):
 //! throughput over time and the latency CDF. Text is rendered with a TTF file read at run time
 //! (DejaVu Sans, or `BENCH_FONT`); without one the plots are skipped and the report says so.
 
@@ -9,6 +10,7 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
 use crate::phases::{Latency, Span};
+use crate::png;
 use crate::service::Sample;
 
 const FONTS: &[&str] = &[
@@ -34,6 +36,9 @@ pub fn register() -> bool {
     )
     .is_ok()
 }
+
+const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 600;
 
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
@@ -85,7 +90,8 @@ pub fn throughput(path: &Path, samples: &[(usize, Sample)], spans: &[Span]) -> R
         .fold(1.0, f64::max)
         * 1.1;
 
-    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -134,8 +140,10 @@ pub fn throughput(path: &Path, samples: &[(usize, Sample)], spans: &[Span]) -> R
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present().context("writing the throughput plot")?;
-    Ok(())
+    root.present().context("drawing the throughput plot")?;
+    drop(chart);
+    drop(root);
+    png::write(path, WIDTH, HEIGHT, &rgb)
 }
 
 /// The CDF of due → all outputs visible, one line per latency phase (all runs pooled).
@@ -147,7 +155,8 @@ pub fn latency_cdf(path: &Path, latencies: &[Latency]) -> Result<()> {
         }
     }
     let max_x = latencies.iter().map(|l| l.visible_ms).fold(1.0, f64::max) * 1.05;
-    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -193,6 +202,8 @@ pub fn latency_cdf(path: &Path, latencies: &[Latency]) -> Result<()> {
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present().context("writing the latency plot")?;
-    Ok(())
+    root.present().context("drawing the latency plot")?;
+    drop(chart);
+    drop(root);
+    png::write(path, WIDTH, HEIGHT, &rgb)
 }
