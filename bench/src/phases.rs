@@ -160,15 +160,8 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// One run against the service's database `db` (subscribers loaded per `layout`).
-    pub fn run_once(
-        &mut self,
-        run: usize,
-        db: &str,
-        layout: &Layout,
-        topics: &mut Topics,
-    ) -> Result<()> {
-        let tag = format!("{}r{run}", self.id);
+    /// Each sink alone (see [`ceilings`]); returns the same-run ceiling, the slower of the two.
+    fn ceilings(&mut self, run: usize, tag: &str, db: &str, topics: &mut Topics) -> Result<f64> {
         let s = self.settings;
         let ceiling_how = format!(
             "{} output-shaped rows/messages, {} per transaction (see bench/src/ceilings.rs)",
@@ -178,13 +171,13 @@ impl Bench<'_> {
         println!("bench: run {run}: ceilings");
         let pg = self.runtime.block_on(async {
             let client = self.stack.connect(db).await?;
-            ceilings::postgres(&client, &tag, s.ceiling_outputs, s.ceiling_batch, 10).await
+            ceilings::postgres(&client, tag, s.ceiling_outputs, s.ceiling_batch, 10).await
         })?;
         let ceiling_topic = topics.create(&format!("{tag}-ceiling"))?;
         let kafka = ceilings::kafka(
             self.stack,
             &ceiling_topic,
-            &tag,
+            tag,
             s.ceiling_outputs,
             s.ceiling_batch,
             10,
@@ -212,6 +205,20 @@ impl Bench<'_> {
             ceiling,
             "min of the two above, same run",
         );
+        Ok(ceiling)
+    }
+
+    /// One run against the service's database `db` (subscribers loaded per `layout`).
+    pub fn run_once(
+        &mut self,
+        run: usize,
+        db: &str,
+        layout: &Layout,
+        topics: &mut Topics,
+    ) -> Result<()> {
+        let tag = format!("{}r{run}", self.id);
+        let s = self.settings;
+        let ceiling = self.ceilings(run, &tag, db, topics)?;
 
         let deployment = Deployment {
             binary: self.binary.clone(),
