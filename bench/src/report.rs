@@ -276,7 +276,8 @@ pub fn write(dir: &Path, results: &Results, cx: &Context<'_>) -> Result<()> {
     let mut last_section = "";
     for f in results.figures() {
         if f.section != last_section {
-            let _ = writeln!(md, "\n### {}\n", f.section);
+            let gap = if last_section.is_empty() { "" } else { "\n" };
+            let _ = writeln!(md, "{gap}### {}\n", f.section);
             last_section = f.section;
         }
         let values: Vec<String> = f.values.iter().map(|v| format_value(*v, f.unit)).collect();

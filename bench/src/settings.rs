@@ -106,10 +106,15 @@ impl Settings {
         })
     }
 
-    /// The `BENCH_*` and `CAMPAIGN_PUSH__*` variables set for this run, as a command prefix.
+    /// The `BENCH_*`, `CAMPAIGN_PUSH__*` and `STACK_*` (ports) variables set for this run, as a
+    /// command prefix: what reproduces it.
     pub fn command() -> String {
         let mut vars: Vec<String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("BENCH_") || k.starts_with("CAMPAIGN_PUSH__"))
+            .filter(|(k, _)| {
+                ["BENCH_", "CAMPAIGN_PUSH__", "STACK_"]
+                    .iter()
+                    .any(|prefix| k.starts_with(prefix))
+            })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         vars.sort();
