@@ -20,7 +20,7 @@ TEST_FEATURES := --release --workspace --features campaign-push/failpoints
 # The running host's HTTP endpoint (http.listen in config/local.toml's default).
 ADMIN := http://127.0.0.1:9464
 
-.PHONY: help up down status reset guest build lint test test-guests bench-guest run chaos bench-pipeline bench-reload bench reload rollback
+.PHONY: help up down status reset guest build lint test test-guests bench-guest run chaos bench-pipeline bench-reload reload rollback
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -105,6 +105,7 @@ bench-reload: up guest ## swap the guest repeatedly under load: time to first ne
 
 # Built on its own (not with -p campaign-push): cargo unifies features over the packages of one
 # build, so building the two together could recompile the host.
+.PHONY: bench
 bench: up build ## throughput, latency, cache and cost against the machine's limits; report in target/bench-report/ (BENCH_QUICK=1: smoke run)
 	cargo build --release -p campaign-bench
 	$(CARGO_TARGET_DIR)/release/campaign-bench
