@@ -118,5 +118,12 @@ bench-pipeline: up guest ## rough end-to-end throughput on the local stack (rows
 bench-reload: up guest ## swap the guest repeatedly under load: time to first new output, batch latency
 	cargo bench -p campaign-push --bench reload
 
+# Built on its own (not with -p campaign-push): cargo unifies features over the packages of one
+# build, so building the two together could recompile the host.
+.PHONY: bench
+bench: up build ## throughput, latency, cache and cost against the machine's limits; report in target/bench-report/ (BENCH_QUICK=1: smoke run)
+	cargo build --release -p campaign-bench
+	$(CARGO_TARGET_DIR)/release/campaign-bench
+
 bench-guest: guest ## benchmark the transform natively and through Wasm at fan-outs 10, 100, 10000
 	cargo bench -p campaign-push --bench transform

@@ -1,0 +1,171 @@
+//! The machine's limits for this workload, measured in the same run as the service: each sink
+//! alone, written the cheapest way that still does what the service must do.
+//!
+//! - PostgreSQL: binary `COPY` of output-shaped rows into a table shaped like
+//!   `subscribers_feedback` (same columns, types, serial id and primary key), one transaction per
+//!   batch, over TLS as the service connects. No ledger, no de-duplication: the floor of what
+//!   storing the rows can cost.
+//! - Kafka: output-shaped messages (key `client_id`, the JSON value, the two guest headers the
+//!   service adds) to a fresh topic with the service's producer settings (SASL_SSL login,
+//!   transactional, idempotent, `linger.ms` 5, as `host/src/sinks/kafka.rs` sets them), one
+//!   transaction per batch, each waited for as the service waits (delivery reports served in 1 ms
+//!   steps, then `commit_transaction`). No consumer offsets are sent with the transaction (there
+//!   is no consumer), which the service does: one more round trip per batch.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::pin_mut;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+use crate::stack::Stack;
+use crate::workload::{FEEDBACK_COLUMNS, Output};
+
+/// The table the PostgreSQL ceiling writes: `subscribers_feedback`'s definition (the contract's
+/// `schema.sql`) under another name, so the service's own table is untouched.
+const TABLE: &str = "bench_feedback_ceiling";
+
+/// The guest headers of every output (`host/src/records.rs`): a version and a SHA-256 in hex.
+const GUEST_VERSION: (&str, &str) = ("campaign-push-guest-version", "guest-transform 0.2.0");
+const GUEST_SHA256: (&str, &str) = (
+    "campaign-push-guest-sha256",
+    "5f0c4e1a6b9d2c3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e",
+);
+
+/// Rows per second of binary COPY into a `subscribers_feedback`-shaped table, in transactions of
+/// `batch` rows; the table is emptied first, so every run starts alike.
+pub async fn postgres(
+    client: &tokio_postgres::Client,
+    tag: &str,
+    rows: u64,
+    batch: u64,
+    fan_out: u64,
+) -> Result<f64> {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (
+                id serial4 NOT NULL PRIMARY KEY,
+                restaurant_id text NOT NULL, adv_campaign_id text NOT NULL,
+                adv_campaign_content text NOT NULL, adv_campaign_owner text NOT NULL,
+                adv_campaign_owner_contact text NOT NULL,
+                adv_campaign_datetime_start int8 NOT NULL, adv_campaign_datetime_end int8 NOT NULL,
+                datetime_created int8 NOT NULL, client_id text NOT NULL,
+                trigger_datetime_created int4 NOT NULL, feedback varchar NULL)"
+        ))
+        .await
+        .context("creating the ceiling's table")?;
+    // Rendered before the clock starts: the ceiling is the database's, not the bench's. The
+    // first batch is a warm-up (connection, the table's first pages), left out of the rate.
+    let outputs: Vec<Output> = (0..rows + batch)
+        .map(|n| Output::nth(tag, n, fan_out))
+        .collect();
+    let copy = format!("COPY {TABLE} ({FEEDBACK_COLUMNS}) FROM STDIN BINARY");
+    let mut started = Instant::now();
+    for (i, chunk) in outputs.chunks(batch as usize).enumerate() {
+        if i == 1 {
+            started = Instant::now();
+        }
+        client.batch_execute("BEGIN").await?;
+        let sink = client.copy_in(&copy).await?;
+        let writer = BinaryCopyInWriter::new(sink, &Output::ROW_TYPES);
+        pin_mut!(writer);
+        for output in chunk {
+            writer.as_mut().write(&output.row()).await?;
+        }
+        writer.finish().await?;
+        client.batch_execute("COMMIT").await?;
+    }
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    client.batch_execute(&format!("DROP TABLE {TABLE}")).await?;
+    Ok(rate)
+}
+
+/// Messages per second produced to `topic` with the service's producer settings, in
+/// transactions of `batch` messages.
+pub fn kafka(
+    stack: &Stack,
+    topic: &str,
+    tag: &str,
+    messages: u64,
+    batch: u64,
+    fan_out: u64,
+) -> Result<f64> {
+    let timeout = Duration::from_secs(30);
+    let producer: BaseProducer = stack
+        .service_login()?
+        .set("transactional.id", format!("{tag}-ceiling"))
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the ceiling's producer")?;
+    producer.init_transactions(timeout)?;
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: GUEST_VERSION.0,
+            value: Some(GUEST_VERSION.1),
+        })
+        .insert(Header {
+            key: GUEST_SHA256.0,
+            value: Some(GUEST_SHA256.1),
+        });
+    // The first transaction is a warm-up (metadata, connections to the partition leaders, the
+    // partitions' first AddPartitionsToTxn), left out of the rate.
+    let outputs: Vec<Output> = (0..messages + batch)
+        .map(|n| Output::nth(tag, n, fan_out))
+        .collect();
+    let mut started = Instant::now();
+    for (i, chunk) in outputs.chunks(batch as usize).enumerate() {
+        if i == 1 {
+            started = Instant::now();
+        }
+        producer.begin_transaction()?;
+        for output in chunk {
+            let mut record = BaseRecord::to(topic)
+                .key(output.client_id.as_str())
+                .payload(output.value.as_str())
+                .headers(headers.clone());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        serve_reports(&producer);
+                    }
+                    Err((error, _)) => return Err(error).context("producing to the ceiling"),
+                }
+            }
+        }
+        await_deliveries(&producer, timeout)?;
+        producer.commit_transaction(timeout)?;
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+/// As the service's sink does (`KafkaSink::await_deliveries`): the rdkafka crate's `flush` polls
+/// in 100 ms steps, which would add up to 100 ms to every transaction.
+fn await_deliveries(producer: &BaseProducer, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.flush(Duration::ZERO) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if Instant::now() < deadline =>
+            {
+                serve_reports(producer)
+            }
+            Err(error) => bail!("waiting for the ceiling's deliveries: {error}"),
+        }
+    }
+}
+
+fn serve_reports(producer: &BaseProducer) {
+    let before = producer.in_flight_count();
+    producer.poll(Duration::ZERO);
+    if producer.in_flight_count() == before {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,353 @@
+//! The real service binary as a child process (as `tests/support/service.rs` runs it): its
+//! configuration, readiness, counters from `/metrics`, and its CPU time and memory from `/proc`,
+//! sampled in the background so that rates are taken from what the service itself counted.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::stack::Stack;
+
+/// How often the sampler reads `/metrics` and `/proc`: fine enough to time each batch's commit
+/// (the counters step once per batch), cheap enough (one small HTTP request) not to disturb the
+/// service.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// What one service process is deployed on.
+pub struct Deployment {
+    pub binary: PathBuf,
+    pub guest: PathBuf,
+    pub input: String,
+    pub output: String,
+    pub dead_letter: String,
+    pub group: String,
+    pub transactional_id: String,
+    pub database: String,
+    /// Where the process's standard error goes.
+    pub log: PathBuf,
+}
+
+/// One counter reading of the service and its process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Seconds since the bench's epoch.
+    pub t: f64,
+    pub outputs: f64,
+    pub rows: f64,
+    pub events_in: f64,
+    /// utime + stime of the process, in seconds.
+    pub cpu: f64,
+    pub rss: u64,
+    /// CPU seconds of the stack's broker, of PostgreSQL (the server and its backends, live and
+    /// exited), and of the bench itself (its generator and reader): who else used the cores.
+    pub kafka_cpu: f64,
+    pub pg_cpu: f64,
+    pub bench_cpu: f64,
+}
+
+/// The other processes whose CPU time each sample records.
+#[derive(Debug, Clone, Copy)]
+pub struct Others {
+    pub kafka: Option<u32>,
+    pub postgres: Option<u32>,
+}
+
+pub struct Service {
+    child: Child,
+    http_port: u16,
+    pub spawned: Instant,
+    sampler: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    others: Others,
+}
+
+/// `CAMPAIGN_PUSH__…` settings of the bench's own environment that are passed on to the service
+/// (e.g. `CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS=5000 make bench`), so that a setting can be
+/// tried without a code change; the ones that place the service on the bench's topics and
+/// database are the bench's.
+pub fn passed_settings() -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CAMPAIGN_PUSH__"))
+        .collect();
+    settings.sort();
+    settings
+}
+
+impl Service {
+    pub fn spawn(stack: &Stack, deployment: &Deployment) -> Result<Self> {
+        let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(&deployment.log)
+            .with_context(|| format!("creating {}", deployment.log.display()))?;
+        let mut command = Command::new(&deployment.binary);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CAMPAIGN_PUSH") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(passed_settings());
+        let env = [
+            (
+                "KAFKA__BOOTSTRAP_SERVERS",
+                stack.get("KAFKA_SASL_BOOTSTRAP")?,
+            ),
+            (
+                "KAFKA__SECURITY__PASSWORD",
+                stack.get("KAFKA_SASL_PASSWORD")?,
+            ),
+            ("KAFKA__SECURITY__CA_FILE", stack.get("KAFKA_CA_FILE")?),
+            ("KAFKA__INPUT_TOPIC", &deployment.input),
+            ("KAFKA__OUTPUT_TOPIC", &deployment.output),
+            ("KAFKA__DEAD_LETTER_TOPIC", &deployment.dead_letter),
+            ("KAFKA__CONSUMER_GROUP", &deployment.group),
+            ("KAFKA__TRANSACTIONAL_ID", &deployment.transactional_id),
+            ("POSTGRES__HOST", stack.get("PGHOST")?),
+            ("POSTGRES__PORT", stack.get("PGPORT")?),
+            ("POSTGRES__DATABASE", &deployment.database),
+            ("POSTGRES__PASSWORD", stack.get("PGPASSWORD")?),
+            ("POSTGRES__TLS__CA_FILE", stack.get("PGSSLROOTCERT")?),
+            ("HTTP__LISTEN", &format!("127.0.0.1:{http_port}")),
+        ];
+        for (key, value) in env {
+            command.env(format!("CAMPAIGN_PUSH__{key}"), value);
+        }
+        command
+            .env("CAMPAIGN_PUSH__GUEST__PATH", &deployment.guest)
+            .args(["run", "--config"])
+            .arg(stack.root.join("config/local.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let (kafka, postgres) = crate::stack::server_pids(&stack.root);
+        let spawned = Instant::now();
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", deployment.binary.display()))?;
+        Ok(Self {
+            child,
+            http_port,
+            spawned,
+            sampler: None,
+            samples: Arc::default(),
+            others: Others { kafka, postgres },
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for `/readyz` to answer 200 (polled every 10 ms, so the figure is not rounded up to
+    /// a coarse poll) and returns the time since the process was spawned.
+    pub fn wait_ready(&mut self, timeout: Duration, log: &Path) -> Result<Duration> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the service exited with {status} before it was ready; see {}",
+                    log.display()
+                );
+            }
+            if self
+                .get("/readyz")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(self.spawned.elapsed());
+            }
+            if self.spawned.elapsed() > timeout {
+                bail!(
+                    "the service was not ready within {timeout:?}; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        http_get(self.http_port, path)
+    }
+
+    /// Starts sampling counters and `/proc` every [`SAMPLE_EVERY`], with times from `epoch`.
+    pub fn start_sampler(&mut self, epoch: Instant) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (port, pid, samples, others) = (
+            self.http_port,
+            self.pid(),
+            self.samples.clone(),
+            self.others,
+        );
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(sample) = sample(port, pid, others, epoch) {
+                    samples.lock().unwrap().push(sample);
+                }
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+        });
+        self.sampler = Some((stop, handle));
+    }
+
+    /// The samples taken so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    /// The latest sample, taken now.
+    pub fn sample_now(&self, epoch: Instant) -> Option<Sample> {
+        sample(self.http_port, self.pid(), self.others, epoch)
+    }
+
+    /// SIGTERM, then the exit (SIGKILL after 30 s).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some((stop, handle)) = self.sampler.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+        if !self.is_running() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn sample(port: u16, pid: u32, others: Others, epoch: Instant) -> Option<Sample> {
+    let metrics = http_get(port, "/metrics")?;
+    let t = epoch.elapsed().as_secs_f64();
+    let (cpu, rss) = proc_usage(pid)?;
+    let tree = |pid: Option<u32>| pid.map_or(f64::NAN, tree_cpu);
+    Some(Sample {
+        t,
+        outputs: metric(&metrics, "campaign_push_outputs_total").unwrap_or(0.0),
+        rows: metric(&metrics, "campaign_push_feedback_rows_total").unwrap_or(0.0),
+        events_in: metric(&metrics, "campaign_push_events_in_total").unwrap_or(0.0),
+        cpu,
+        rss,
+        kafka_cpu: tree(others.kafka),
+        pg_cpu: tree(others.postgres),
+        bench_cpu: own_cpu(),
+    })
+}
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // The state (a letter) becomes 0; the numbers stay.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU seconds of a process and its children: its own utime + stime, the cutime + cstime of the
+/// children it has waited for (PostgreSQL's exited backends), and the utime + stime of its live
+/// children (the running backends). The children come from the kernel's list of them
+/// (`/proc/PID/task/PID/children`), not from a scan of `/proc`, which ten times a second would
+/// cost the bench more CPU than it should.
+fn tree_cpu(pid: u32) -> f64 {
+    // After the name: utime 11, stime 12, cutime 13, cstime 14.
+    let Some(own) = stat_fields(&pid.to_string()) else {
+        return f64::NAN;
+    };
+    let mut ticks: u64 = own.get(11..15).map_or(0, |f| f.iter().sum());
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace() {
+        if let Some(f) = stat_fields(child) {
+            ticks += f.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
+        }
+    }
+    ticks as f64 / clock_ticks() as f64
+}
+
+/// CPU seconds of this process (all its threads: the generator, the reader, the sampler).
+fn own_cpu() -> f64 {
+    stat_fields("self").map_or(f64::NAN, |f| {
+        f.get(11..13).map_or(0, |f| f.iter().sum::<u64>()) as f64 / clock_ticks() as f64
+    })
+}
+
+/// The value of a counter or gauge without labels in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// CPU seconds (user + system, from `/proc/PID/stat`) and resident bytes (`VmRSS` of
+/// `/proc/PID/status`) of a process.
+pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks as f64 / clock_ticks() as f64, rss_kib * 1024))
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on (`getconf CLK_TCK` would say).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}

@@ -1,0 +1,171 @@
+//! Figures over several runs (median, min, max), percentiles, and rates taken from the slope of
+//! a counter between 10 % and 90 % of its way, which leaves out the start (consumer group join,
+//! first fetches, caches warming) and the tail (the last partial batches).
+
+use crate::service::Sample;
+
+/// One reported figure: a value per run, reported as median with min and max.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub section: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub values: Vec<f64>,
+    /// How it was obtained: the phase and the method, and what to run to reproduce it.
+    pub how: String,
+}
+
+impl Figure {
+    pub fn median(&self) -> Option<f64> {
+        median(&self.values)
+    }
+
+    pub fn min(&self) -> Option<f64> {
+        self.values.iter().copied().reduce(f64::min)
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        self.values.iter().copied().reduce(f64::max)
+    }
+}
+
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    })
+}
+
+/// The `q`-quantile (0 ≤ q ≤ 1) of sorted values, nearest rank.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// The first sample at which `value(sample) - base` had reached `target`.
+fn first_reaching(
+    samples: &[Sample],
+    value: impl Fn(&Sample) -> f64,
+    base: f64,
+    target: f64,
+) -> Option<&Sample> {
+    samples.iter().find(|s| value(s) - base >= target)
+}
+
+/// A phase's steady state, from the service's counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Output messages per second between 10 % and 90 % of the phase's outputs.
+    pub outputs_per_s: f64,
+    /// `subscribers_feedback` rows per second between 10 % and 90 % of the phase's rows.
+    pub rows_per_s: f64,
+    /// CPU seconds of the service per million outputs, over the outputs' window.
+    pub cpu_per_million: f64,
+    /// The same for the broker, PostgreSQL and the bench's own clients (NaN: not sampled).
+    pub kafka_cpu_per_million: f64,
+    pub pg_cpu_per_million: f64,
+    pub bench_cpu_per_million: f64,
+    /// The largest resident set sampled during the window.
+    pub max_rss: u64,
+}
+
+/// The rate of a counter between the samples where it first reached 10 % and 90 % of
+/// `expected`, with the samples' own values and times: the counters step once per batch, so
+/// interpolating between samples would invent times inside a batch. `None` when both points fall
+/// on one step (the phase was too few batches for a rate).
+fn slope(
+    samples: &[Sample],
+    value: impl Fn(&Sample) -> f64 + Copy,
+    base: f64,
+    expected: f64,
+) -> Option<(f64, &Sample, &Sample)> {
+    let lo = first_reaching(samples, value, base, 0.1 * expected)?;
+    let hi = first_reaching(samples, value, base, 0.9 * expected)?;
+    let (dv, dt) = (value(hi) - value(lo), hi.t - lo.t);
+    (dv > 0.0 && dt > 0.0).then(|| (dv / dt, lo, hi))
+}
+
+/// The steady state of a phase that adds `expected` outputs and rows to the counters as they
+/// stood at `base`; `samples` are in time order.
+pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window> {
+    let (outputs_per_s, lo, hi) = slope(samples, |s| s.outputs, base.outputs, expected)?;
+    let (rows_per_s, _, _) = slope(samples, |s| s.rows, base.rows, expected)?;
+    let max_rss = samples
+        .iter()
+        .filter(|s| s.t >= lo.t && s.t <= hi.t)
+        .map(|s| s.rss)
+        .max()
+        .unwrap_or(base.rss);
+    let per_million =
+        |cpu: fn(&Sample) -> f64| (cpu(hi) - cpu(lo)) / (hi.outputs - lo.outputs) * 1e6;
+    Some(Window {
+        outputs_per_s,
+        rows_per_s,
+        cpu_per_million: per_million(|s| s.cpu),
+        kafka_cpu_per_million: per_million(|s| s.kafka_cpu),
+        pg_cpu_per_million: per_million(|s| s.pg_cpu),
+        bench_cpu_per_million: per_million(|s| s.bench_cpu),
+        max_rss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, n: f64, cpu: f64) -> Sample {
+        Sample {
+            t,
+            outputs: n,
+            rows: n,
+            events_in: 0.0,
+            cpu,
+            rss: 1,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn medians_and_quantiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&sorted, 0.5), Some(50.0));
+        assert_eq!(quantile(&sorted, 0.99), Some(99.0));
+        assert_eq!(quantile(&sorted, 1.0), Some(100.0));
+    }
+
+    #[test]
+    fn the_window_leaves_out_a_slow_start() {
+        // 1,000 outputs: nothing for 2 s, then a batch of 100 every second, sampled four times a
+        // second.
+        let mut samples = vec![sample(0.0, 0.0, 0.0)];
+        for q in 1..=48 {
+            let t = f64::from(q) * 0.25;
+            let batches = (t - 2.0).floor().clamp(0.0, 10.0);
+            samples.push(sample(t, 100.0 * batches, 0.5 * batches));
+        }
+        let w = window(&samples, &samples[0], 1_000.0).unwrap();
+        assert!((w.outputs_per_s - 100.0).abs() < 1e-9, "{w:?}");
+        assert!((w.rows_per_s - 100.0).abs() < 1e-9);
+        // 0.5 CPU seconds per 100 outputs.
+        assert!((w.cpu_per_million - 5_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_batch_gives_no_rate() {
+        let samples = [sample(0.0, 0.0, 0.0), sample(1.0, 1_000.0, 1.0)];
+        assert!(window(&samples, &samples[0], 1_000.0).is_none());
+    }
+}
