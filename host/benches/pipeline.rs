@@ -97,7 +97,7 @@ fn main() {
     println!(
         "pipeline: {EVENTS} events x fan-out {FAN_OUT} = {rows} rows and messages in {elapsed:.2} s \
          from a ready service: {:.0} events/s, {:.0} rows/s; {batches} batches of {:.1} ms on \
-         average (batch_max_events 500, one host, Kafka + PostgreSQL on the same 2 cores, \
+         average (one host, Kafka + PostgreSQL on the same 2 cores, \
          {ledger_rows} other pairs in the ledger)",
         EVENTS as f64 / elapsed,
         rows / elapsed,

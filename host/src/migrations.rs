@@ -39,6 +39,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "005_ledger_retention",
         sql: include_str!("../migrations/005_ledger_retention.sql"),
     },
+    Migration {
+        name: "006_decisions_lz4",
+        sql: include_str!("../migrations/006_decisions_lz4.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations: "camppush" in ASCII.

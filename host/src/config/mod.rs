@@ -74,7 +74,7 @@ pub struct Config {
 /// `[pipeline]`: batching, retries and shutdown of the event flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
-    /// `pipeline.batch_max_events` (default 500, at least 1): the most input events handed to
+    /// `pipeline.batch_max_events` (default 2000, at least 1): the most input events handed to
     /// the guest in one call and committed in one output transaction.
     pub batch_max_events: usize,
     /// `pipeline.batch_linger` (default `"50ms"`, may be `"0ms"`): how long a batch that is not
@@ -366,7 +366,7 @@ impl PipelineConfig {
              pipeline.batch_max_outputs",
         );
         Self {
-            batch_max_events: src.or("pipeline.batch_max_events", 500, integer(1usize)),
+            batch_max_events: src.or("pipeline.batch_max_events", 2000, integer(1usize)),
             batch_linger: src.or("pipeline.batch_linger", ms(50), duration(Duration::ZERO)),
             sink_retry_initial_backoff: initial,
             sink_retry_max_backoff: max,

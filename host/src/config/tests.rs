@@ -150,7 +150,7 @@ fn defaults_fill_everything_optional() {
     assert_eq!(
         config.pipeline,
         PipelineConfig {
-            batch_max_events: 500,
+            batch_max_events: 2000,
             batch_linger: Duration::from_millis(50),
             sink_retry_initial_backoff: Duration::from_millis(100),
             sink_retry_max_backoff: Duration::from_secs(10),
