@@ -70,8 +70,9 @@ LIBRDKAFKA_LOG="$STACK_DIR/librdkafka-build.log"
 # vendored librdkafka (./configure + make with a C compiler, OpenSSL and zlib headers found by
 # pkg-config; cmake is only needed for rdkafka's non-default cmake-build feature). The same
 # toolchain builds the librdkafka that kcat gets (ensure_kcat_librdkafka).
+# fonts-dejavu-core: the font `make bench` draws its plots' text with.
 REQUIRED_PACKAGES=(postgresql kcat openssl openjdk-17-jre-headless maven iproute2
-                   build-essential pkg-config libssl-dev zlib1g-dev)
+                   build-essential pkg-config libssl-dev zlib1g-dev fonts-dejavu-core)
 
 START_NS="$(date +%s%N)"
 

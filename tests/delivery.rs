@@ -30,8 +30,9 @@ fn epoch_now() -> i64 {
         .as_secs() as i64
 }
 
-/// `len` hex digits that PostgreSQL cannot compress (it compresses long index entries, so a
-/// repeated character would fit in the index).
+/// `len` hex digits that neither PostgreSQL (it compresses long index entries, so a repeated
+/// character would fit in the index) nor the producer's lz4 (the broker's size limit applies to
+/// the compressed batch) can compress.
 fn incompressible(len: usize) -> String {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut text = String::new();
@@ -485,7 +486,7 @@ fn messages_kafka_refuses_after_postgres_stored_them_dead_letter_the_event_in_bo
         (
             0,
             None,
-            campaign_event(&big, restaurant, &"x".repeat(30_000)).as_bytes(),
+            campaign_event(&big, restaurant, &incompressible(30_000)).as_bytes(),
         ),
         (
             0,

@@ -22,7 +22,7 @@ pub struct Settings {
     pub restaurants: u64,
     pub fan_outs: Vec<FanOut>,
     /// Rows and messages each ceiling writes (`BENCH_CEILING_OUTPUTS`), and per transaction
-    /// (`BENCH_CEILING_BATCH`, default 5,000: the service's batch of 500 events at fan-out 10).
+    /// (`BENCH_CEILING_BATCH`, default 20,000: the service's batch of 2,000 events at fan-out 10).
     pub ceiling_outputs: u64,
     pub ceiling_batch: u64,
     /// `BENCH_LATENCY_RATE` (default 1000) events/s with fan-out 10 for `latency_seconds`.
@@ -90,7 +90,7 @@ impl Settings {
                 "BENCH_CEILING_OUTPUTS",
                 if quick { 50_000 } else { 500_000 },
             )?,
-            ceiling_batch: number("BENCH_CEILING_BATCH", 5_000)?.max(1),
+            ceiling_batch: number("BENCH_CEILING_BATCH", 20_000)?.max(1),
             latency_rate: number("BENCH_LATENCY_RATE", 1_000)? as f64,
             latency_seconds: if quick { 5.0 } else { 30.0 },
             saturation_fraction: decimal("BENCH_SATURATION_FRACTION", 1.0)?,

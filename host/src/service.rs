@@ -240,7 +240,7 @@ async fn serve(
             min_events: config.guest.rollback_min_events,
         },
         input_topic: config.kafka.input_topic.clone(),
-        transformer: Transformer::new(slot, Arc::new(cache))?,
+        transformer: Transformer::new(slot, Arc::new(cache), config.guest.engine)?,
         pg_connect,
         kafka: sink,
         clock,

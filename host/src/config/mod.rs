@@ -151,6 +151,20 @@ pub struct GuestConfig {
     /// the guest in service keeps serving. A TOML array, or in the environment a comma-separated
     /// list. `make guest` and `make dist` print the hash of the component they build.
     pub allowed_sha256: Option<BTreeSet<String>>,
+    /// `guest.engine` (default `"wasm"`): `"native"` runs the same transform compiled into the
+    /// host instead of the component, for `make bench` to measure what the Wasm boundary costs.
+    /// The component is still loaded and checked, but swaps do not take effect, and outputs say
+    /// `native` as the guest's SHA-256. Not for production.
+    pub engine: GuestEngine,
+}
+
+/// `guest.engine`: what transforms the batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEngine {
+    /// The WebAssembly component of `guest.path`.
+    Wasm,
+    /// The same logic compiled into the host: for measuring only.
+    Native,
 }
 
 /// `[http]`: the service's public endpoint.
@@ -320,6 +334,11 @@ impl Config {
                 rollback_margin_percent: src.or("guest.rollback_margin_percent", 20, integer(0u32)),
                 rollback_min_events: src.or("guest.rollback_min_events", 20, integer(1u64)),
                 allowed_sha256: src.opt("guest.allowed_sha256", sha256_list).ok().flatten(),
+                engine: src.or(
+                    "guest.engine",
+                    GuestEngine::Wasm,
+                    one_of(&[("wasm", GuestEngine::Wasm), ("native", GuestEngine::Native)]),
+                ),
             },
             http: HttpConfig::read(&mut src),
             admin: AdminConfig::read(&mut src),

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use guest_transform::{EventInput, PackedStrings, Resume, SubscriberLookup};
+
+use crate::config::GuestEngine;
 use crate::guest::{
     Budget, CallError, GuestIdentity, GuestInstance, GuestSlot, InputEvent, LoadedGuest, Outcome,
     SubscriberDirectory,
@@ -13,6 +16,8 @@ pub struct Transformer {
     guest: Arc<LoadedGuest>,
     directory: Arc<dyn SubscriberDirectory>,
     instance: GuestInstance,
+    /// Set with `guest.engine = "native"`: who the outputs say decided them.
+    native: Option<GuestIdentity>,
 }
 
 /// A batch that cannot be transformed at all: the service must stop rather than dead-letter it.
@@ -24,22 +29,30 @@ impl Transformer {
     pub fn new(
         slot: Arc<GuestSlot>,
         directory: Arc<dyn SubscriberDirectory>,
+        engine: GuestEngine,
     ) -> Result<Self, TransformError> {
         let guest = slot.current();
         let instance = guest
             .instantiate(directory.clone())
             .map_err(TransformError)?;
+        let native = (engine == GuestEngine::Native).then(|| GuestIdentity {
+            version: format!("{} (native, in the host)", guest_transform::VERSION),
+            sha256: "native".to_owned(),
+        });
         Ok(Self {
             slot,
             guest,
             directory,
             instance,
+            native,
         })
     }
 
     /// The guest that transformed the last batch.
     pub fn identity(&self) -> &GuestIdentity {
-        self.guest.identity()
+        self.native
+            .as_ref()
+            .unwrap_or_else(|| self.guest.identity())
     }
 
     /// Transforms a whole batch with the guest in service at its start: a swap takes effect here,
@@ -50,6 +63,9 @@ impl Transformer {
         events: &[InputEvent],
         budget: Budget,
     ) -> Result<Vec<Outcome>, TransformError> {
+        if self.native.is_some() {
+            return self.transform_natively(now, events, budget);
+        }
         let current = self.slot.current();
         if !Arc::ptr_eq(&current, &self.guest) {
             self.instance = current
@@ -64,6 +80,31 @@ impl Transformer {
             self.guest = current;
         }
         self.transform(now, events, budget)
+    }
+
+    /// The same logic as the guest's, compiled into the host: what the Wasm boundary costs is the
+    /// difference (`make bench`). Nothing isolates a panic here; it is for measuring only.
+    fn transform_natively(
+        &self,
+        now: i64,
+        events: &[InputEvent],
+        budget: Budget,
+    ) -> Result<Vec<Outcome>, TransformError> {
+        let inputs = events.iter().map(|event| EventInput {
+            value: &event.value,
+            resume: event.resume.as_ref().map(|resume| Resume {
+                after: &resume.after,
+                now: resume.now,
+            }),
+        });
+        let budget = guest_transform::Budget {
+            outputs: budget.outputs,
+            bytes: budget.bytes,
+        };
+        let mut lookup = Lookup(&*self.directory);
+        let outcomes = guest_transform::transform_batch(now, inputs, budget, &mut lookup)
+            .map_err(|_| TransformError(CallError::NowOutOfRange(now)))?;
+        Ok(outcomes.into_iter().map(Outcome::from).collect())
     }
 
     /// One outcome per event. When the guest traps, the instance (whose state may be corrupt) is
@@ -101,6 +142,20 @@ impl Transformer {
                 Ok(outcomes)
             }
         }
+    }
+}
+
+/// The subscriber table as the native transform asks for it.
+struct Lookup<'a>(&'a dyn SubscriberDirectory);
+
+impl SubscriberLookup for Lookup<'_> {
+    fn subscribers_of(
+        &mut self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PackedStrings {
+        self.0.clients_page(restaurant_id, after, limit as usize)
     }
 }
 

@@ -36,6 +36,8 @@ pub struct KafkaSink {
     /// write waits for its batch's acknowledgements (see [`KafkaSink::await_deliveries`]), and
     /// whatever came between batches (errors, logs) at the start of the next write.
     producer: BaseProducer<DeliveryWatch>,
+    /// What the producer was created from, to create it afresh (see [`KafkaSink::renew`]).
+    config: ClientConfig,
     topics: Topics,
     timeout: Duration,
     /// The producer's `message.max.bytes`: a dead letter whose value would exceed it is sent
@@ -64,6 +66,21 @@ enum Pending {
     Abort,
 }
 
+/// A transactional producer from `config`, with its transactions initialised (which fences any
+/// earlier producer of the same id and settles what it left open).
+fn start_producer(
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<BaseProducer<DeliveryWatch>, SinkError> {
+    let producer: BaseProducer<DeliveryWatch> = config
+        .create_with_context(DeliveryWatch::default())
+        .map_err(|e| fatal("creating the producer", e))?;
+    producer
+        .init_transactions(timeout)
+        .map_err(|e| classify("initialising transactions", e))?;
+    Ok(producer)
+}
+
 impl KafkaSink {
     /// Creates the transactional producer and fences any previous one with the same id.
     pub fn new(
@@ -81,13 +98,10 @@ impl KafkaSink {
         config
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true");
-        let producer: BaseProducer<DeliveryWatch> = config
-            .create_with_context(DeliveryWatch::default())
-            .map_err(|e| fatal("creating the producer", e))?;
-        tokio::task::block_in_place(|| producer.init_transactions(timeout))
-            .map_err(|e| classify("initialising transactions", e))?;
+        let producer = tokio::task::block_in_place(|| start_producer(&config, timeout))?;
         Ok(Self {
             producer,
+            config,
             topics,
             timeout,
             max_message_bytes,
@@ -130,6 +144,7 @@ impl KafkaSink {
             let delivered = self.await_deliveries();
             if let Some((decision, reason)) = self.producer.context().take_refused() {
                 let _ = self.abort();
+                self.renew()?;
                 return Err(SinkError::Undeliverable { decision, reason });
             }
             delivered?;
@@ -160,6 +175,17 @@ impl KafkaSink {
                 }
             }
         }
+    }
+
+    /// Replaces the producer with a new one of the same transactional id, which fences the old
+    /// and starts a new epoch. Needed after the broker refused a message for good: the refused
+    /// message leaves a gap in the partition's idempotence sequence, and with compressed batches
+    /// the old producer's next transaction then waited for acknowledgements that never came,
+    /// until its timeout, twice (a 60 s stall in `tests/delivery.rs`).
+    fn renew(&mut self) -> Result<(), SinkError> {
+        self.producer = start_producer(&self.config, self.timeout)?;
+        self.pending = Pending::Nothing;
+        Ok(())
     }
 
     /// Commits the open transaction, or resumes a commit that did not finish.
