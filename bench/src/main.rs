@@ -159,9 +159,7 @@ fn run() -> Result<()> {
     for note in &bench.results.notes {
         println!("note: {note}");
     }
-    println!(
-        "not measured: the Wasm/native pipeline ratio (needs a native-engine host option); see the report"
-    );
+    println!("not measured here: the largest batch around a hot swap (`make bench-reload`)");
     println!("report: {}", out.join("report.md").display());
     outcome
 }

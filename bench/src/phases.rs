@@ -230,6 +230,7 @@ impl Bench<'_> {
             transactional_id: format!("{tag}-txn"),
             database: db.to_owned(),
             log: self.out.join(format!("service-run{run}.log")),
+            extra: Vec::new(),
         };
         println!("bench: run {run}: starting the service");
         let mut service = Service::spawn(self.stack, &deployment)?;
@@ -321,6 +322,8 @@ impl Bench<'_> {
             ratios.push((name, window));
         }
 
+        self.native_pipeline(run, &tag, db, layout, topics, &ratios)?;
+
         let f10 = layout.group(10).context("fan-out 10 is always measured")?;
         let label = format!("{} events/s × fan-out 10", s.latency_rate);
         self.latency(
@@ -359,6 +362,88 @@ impl Bench<'_> {
         self.results
             .samples
             .extend(service.samples().into_iter().map(|sample| (run, sample)));
+        service.stop();
+        Ok(())
+    }
+
+    /// The same throughput phases (fan-outs 10 and 100) with the transform compiled into the host
+    /// (`guest.engine = "native"`) instead of the Wasm component: the Wasm boundary's cost in the
+    /// whole pipeline, as the ratio of the two runs' rates.
+    fn native_pipeline(
+        &mut self,
+        run: usize,
+        tag: &str,
+        db: &str,
+        layout: &Layout,
+        topics: &mut Topics,
+        wasm: &[(usize, stats::Window)],
+    ) -> Result<()> {
+        let tag = format!("{tag}n");
+        let deployment = Deployment {
+            binary: self.binary.clone(),
+            guest: self.guest.clone(),
+            input: topics.create(&format!("{tag}-in"))?,
+            output: topics.create(&format!("{tag}-out"))?,
+            dead_letter: topics.create(&format!("{tag}-dlq"))?,
+            group: format!("{tag}-group"),
+            transactional_id: format!("{tag}-txn"),
+            database: db.to_owned(),
+            log: self.out.join(format!("service-run{run}-native.log")),
+            extra: vec![("CAMPAIGN_PUSH__GUEST__ENGINE".into(), "native".into())],
+        };
+        println!("bench: run {run}: the same pipeline with the native transform");
+        let mut service = Service::spawn(self.stack, &deployment)?;
+        service.wait_ready(READY_TIMEOUT, &deployment.log)?;
+        service.start_sampler(self.epoch);
+        let fan_outs: Vec<_> = self
+            .settings
+            .fan_outs
+            .iter()
+            .filter(|f| matches!(f.fan_out, 10 | 100))
+            .cloned()
+            .collect();
+        for fan_out in fan_outs {
+            let Some((_, wasm_window)) = wasm.iter().find(|(f, _)| *f == fan_out.fan_out) else {
+                continue;
+            };
+            let group = layout
+                .group(fan_out.fan_out)
+                .context("no restaurants for a fan-out")?;
+            let Some(native) = self.throughput(
+                run,
+                &tag,
+                &mut service,
+                &deployment,
+                group,
+                fan_out.events,
+                db,
+            )?
+            else {
+                continue;
+            };
+            let name = fan_out.fan_out;
+            let how = format!(
+                "the throughput phase at fan-out {name} again, on a service with \
+                 CAMPAIGN_PUSH__GUEST__ENGINE=native; ratio = native rate / Wasm rate"
+            );
+            let native_rate = native.outputs_per_s.min(native.rows_per_s);
+            let wasm_rate = wasm_window.outputs_per_s.min(wasm_window.rows_per_s);
+            let r = &mut self.results;
+            r.record(
+                "guest",
+                &format!("pipeline, fan-out {name}: native rows/s"),
+                "rows/s",
+                native_rate,
+                &how,
+            );
+            r.record(
+                "guest",
+                &format!("pipeline, fan-out {name}: Wasm/native time"),
+                "×",
+                native_rate / wasm_rate,
+                &how,
+            );
+        }
         service.stop();
         Ok(())
     }
@@ -594,6 +679,7 @@ impl Bench<'_> {
             transactional_id: format!("{tag}-txn"),
             database: db.to_owned(),
             log: self.out.join(format!("service-warm-up-{db}.log")),
+            extra: Vec::new(),
         };
         self.start_and_stop(&deployment)?;
         Ok(())
@@ -675,6 +761,7 @@ impl Bench<'_> {
                     transactional_id: format!("{tag}{size}r{run}-txn"),
                     database: db.name.clone(),
                     log: self.out.join(format!("service-cache{size}-run{run}.log")),
+                    extra: Vec::new(),
                 };
                 let (ready, rss) = self.start_and_stop(&deployment)?;
                 let how = format!(

@@ -32,6 +32,8 @@ pub struct Deployment {
     pub database: String,
     /// Where the process's standard error goes.
     pub log: PathBuf,
+    /// Further settings of this deployment, set last (e.g. `CAMPAIGN_PUSH__GUEST__ENGINE`).
+    pub extra: Vec<(String, String)>,
 }
 
 /// One counter reading of the service and its process.
@@ -121,6 +123,7 @@ impl Service {
             .env("CAMPAIGN_PUSH__GUEST__PATH", &deployment.guest)
             .args(["run", "--config"])
             .arg(stack.root.join("config/local.toml"))
+            .envs(deployment.extra.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
