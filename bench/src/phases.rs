@@ -220,18 +220,13 @@ impl Bench<'_> {
         let s = self.settings;
         let ceiling = self.ceilings(run, &tag, db, topics)?;
 
-        let deployment = Deployment {
-            binary: self.binary.clone(),
-            guest: self.guest.clone(),
-            input: topics.create(&format!("{tag}-in"))?,
-            output: topics.create(&format!("{tag}-out"))?,
-            dead_letter: topics.create(&format!("{tag}-dlq"))?,
-            group: format!("{tag}-group"),
-            transactional_id: format!("{tag}-txn"),
-            database: db.to_owned(),
-            log: self.out.join(format!("service-run{run}.log")),
-            extra: Vec::new(),
-        };
+        let deployment = self.deployment(
+            &tag,
+            db,
+            topics,
+            format!("service-run{run}.log"),
+            Vec::new(),
+        )?;
         println!("bench: run {run}: starting the service");
         let mut service = Service::spawn(self.stack, &deployment)?;
         let ready = service.wait_ready(READY_TIMEOUT, &deployment.log)?;
@@ -379,18 +374,13 @@ impl Bench<'_> {
         wasm: &[(usize, stats::Window)],
     ) -> Result<()> {
         let tag = format!("{tag}n");
-        let deployment = Deployment {
-            binary: self.binary.clone(),
-            guest: self.guest.clone(),
-            input: topics.create(&format!("{tag}-in"))?,
-            output: topics.create(&format!("{tag}-out"))?,
-            dead_letter: topics.create(&format!("{tag}-dlq"))?,
-            group: format!("{tag}-group"),
-            transactional_id: format!("{tag}-txn"),
-            database: db.to_owned(),
-            log: self.out.join(format!("service-run{run}-native.log")),
-            extra: vec![("CAMPAIGN_PUSH__GUEST__ENGINE".into(), "native".into())],
-        };
+        let deployment = self.deployment(
+            &tag,
+            db,
+            topics,
+            format!("service-run{run}-native.log"),
+            vec![("CAMPAIGN_PUSH__GUEST__ENGINE".into(), "native".into())],
+        )?;
         println!("bench: run {run}: the same pipeline with the native transform");
         let mut service = Service::spawn(self.stack, &deployment)?;
         service.wait_ready(READY_TIMEOUT, &deployment.log)?;
@@ -664,12 +654,16 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Starts the service once on `db` and stops it, measuring nothing: the first start on a
-    /// database applies the service's migrations, which later starts only check, so an
-    /// unmeasured start keeps that one-off cost out of the start → ready figures.
-    pub fn warm_up(&mut self, db: &str, topics: &mut Topics) -> Result<()> {
-        let tag = format!("{db}-warm-up");
-        let deployment = Deployment {
+    /// A deployment on topics, group and transactional id of its own, named after `tag`.
+    fn deployment(
+        &self,
+        tag: &str,
+        db: &str,
+        topics: &mut Topics,
+        log: String,
+        extra: Vec<(String, String)>,
+    ) -> Result<Deployment> {
+        Ok(Deployment {
             binary: self.binary.clone(),
             guest: self.guest.clone(),
             input: topics.create(&format!("{tag}-in"))?,
@@ -678,9 +672,23 @@ impl Bench<'_> {
             group: format!("{tag}-group"),
             transactional_id: format!("{tag}-txn"),
             database: db.to_owned(),
-            log: self.out.join(format!("service-warm-up-{db}.log")),
-            extra: Vec::new(),
-        };
+            log: self.out.join(log),
+            extra,
+        })
+    }
+
+    /// Starts the service once on `db` and stops it, measuring nothing: the first start on a
+    /// database applies the service's migrations, which later starts only check, so an
+    /// unmeasured start keeps that one-off cost out of the start → ready figures.
+    pub fn warm_up(&mut self, db: &str, topics: &mut Topics) -> Result<()> {
+        let tag = format!("{db}-warm-up");
+        let deployment = self.deployment(
+            &tag,
+            db,
+            topics,
+            format!("service-warm-up-{db}.log"),
+            Vec::new(),
+        )?;
         self.start_and_stop(&deployment)?;
         Ok(())
     }

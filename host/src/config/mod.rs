@@ -77,7 +77,7 @@ pub struct PipelineConfig {
     /// `pipeline.batch_max_events` (default 2000, at least 1): the most input events handed to
     /// the guest in one call and committed in one output transaction.
     pub batch_max_events: usize,
-    /// `pipeline.batch_linger` (default `"50ms"`, may be `"0ms"`): how long a batch that is not
+    /// `pipeline.batch_linger` (default `"5ms"`, may be `"0ms"`): how long a batch that is not
     /// full waits for more events; bounds the latency added by batching.
     pub batch_linger: Duration,
     /// `pipeline.sink_retry_initial_backoff` (default `"100ms"`): the first wait before retrying
@@ -386,7 +386,7 @@ impl PipelineConfig {
         );
         Self {
             batch_max_events: src.or("pipeline.batch_max_events", 2000, integer(1usize)),
-            batch_linger: src.or("pipeline.batch_linger", ms(50), duration(Duration::ZERO)),
+            batch_linger: src.or("pipeline.batch_linger", ms(5), duration(Duration::ZERO)),
             sink_retry_initial_backoff: initial,
             sink_retry_max_backoff: max,
             shutdown_timeout: src.or("pipeline.shutdown_timeout", ms(10_000), duration(ms(1))),
