@@ -7,6 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -562,12 +563,29 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Opt
     Some(response)
 }
 
+/// A port for a service under test to listen on, different on every call in this process, and
+/// below the kernel's ephemeral range (32768–60999 here). A port from `bind(0)` is ephemeral:
+/// between the test releasing it and the service binding it, an outgoing connection of another
+/// test (a Kafka client, psql) could take it, and once did ("http.listen: cannot bind …: Address
+/// already in use"). Ports something already listens on are skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // A start of its own for each test process, so that consecutive runs do not reuse ports that
+    // may still be in TIME_WAIT.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An active campaign event (valid until 2054) of `restaurant`, with `content` as its offer.
