@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use campaign_push::guest::{GuestRuntime, InputEvent, Outcome, SubscriberDirectory};
+use campaign_push::guest::{DirectoryLookup, GuestRuntime, InputEvent, Outcome};
 use campaign_push::subscribers::{SubscriberTable, TableLoader};
-use guest_transform::{Budget, EventInput, PackedStrings, SubscriberLookup};
+use guest_transform::{Budget, EventInput};
 
 const NOW: i64 = 1_700_000_000;
 const SAMPLES: usize = 9;
@@ -46,7 +46,7 @@ fn main() {
         let (directory, events) = workload(fan_out, events_per_batch);
         let directory = Arc::new(directory);
 
-        let mut native_lookup = NativeLookup(directory.clone());
+        let mut native_lookup = DirectoryLookup(&*directory);
         let native = records_per_second(|| {
             let inputs = events.iter().map(|event| EventInput::new(&event.value));
             let outcomes: Vec<Outcome> = guest_transform::transform_batch(
@@ -103,19 +103,6 @@ fn workload(fan_out: usize, events: usize) -> (SubscriberTable, Vec<InputEvent>)
         });
     }
     (directory.finish(), batch)
-}
-
-struct NativeLookup(Arc<SubscriberTable>);
-
-impl SubscriberLookup for NativeLookup {
-    fn subscribers_of(
-        &mut self,
-        restaurant_id: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> PackedStrings {
-        self.0.clients_page(restaurant_id, after, limit as usize)
-    }
 }
 
 fn count_records(outcomes: &[Outcome]) -> usize {

@@ -7,7 +7,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::guest::{GuestLimits, GuestRuntime, canary};
 
 /// How long the Kafka metadata request may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,23 +44,13 @@ pub async fn run(config: &Config) -> Vec<Finding> {
 }
 
 fn check_guest(config: &Config) -> Result<String, String> {
-    let limits = GuestLimits {
-        call_timeout: config.guest.call_timeout,
-        max_memory_bytes: config.guest.max_memory_mib.saturating_mul(1 << 20),
-    };
-    let mut runtime = GuestRuntime::with_limits(limits).map_err(|e| format!("{e:#}"))?;
-    if let Some(allowed) = &config.guest.allowed_sha256 {
-        runtime = runtime.allowing_only(allowed.clone());
-    }
-    let path = config.guest.path.display();
-    let guest = runtime
-        .load_file(&config.guest.path)
-        .map_err(|e| format!("guest.path = {path}: {e}"))?;
-    canary::check(&guest).map_err(|e| format!("guest.path = {path}: failed the canary: {e}"))?;
+    let (_, guest) = crate::guest::start(&config.guest).map_err(|e| format!("{e:#}"))?;
     let identity = guest.identity();
     Ok(format!(
-        "{path}: version {}, sha256 {}",
-        identity.version, identity.sha256
+        "{}: version {}, sha256 {}",
+        config.guest.path.display(),
+        identity.version,
+        identity.sha256
     ))
 }
 

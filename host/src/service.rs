@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::config::Config;
-use crate::guest::{Budget, GuestLimits, GuestRuntime, GuestSlot, canary};
+use crate::guest::{Budget, GuestSlot};
 use crate::http::{self, Progress, Readiness};
 use crate::metrics::Metrics;
 use crate::migrations;
@@ -84,23 +84,7 @@ async fn serve(
             .clone()
             .keep_alive(progress.clone(), shutdown.clone()),
     );
-    let limits = GuestLimits {
-        call_timeout: config.guest.call_timeout,
-        max_memory_bytes: config.guest.max_memory_mib.saturating_mul(1 << 20),
-    };
-    let mut runtime = GuestRuntime::with_limits(limits)?;
-    if let Some(allowed) = &config.guest.allowed_sha256 {
-        runtime = runtime.allowing_only(allowed.clone());
-    }
-    let guest = runtime
-        .load_file(&config.guest.path)
-        .with_context(|| format!("guest.path = {}", config.guest.path.display()))?;
-    canary::check(&guest).map_err(|e| {
-        anyhow::anyhow!(
-            "guest.path = {}: failed the canary batch: {e}",
-            config.guest.path.display()
-        )
-    })?;
+    let (runtime, guest) = crate::guest::start(&config.guest)?;
     let identity = guest.identity().clone();
     tracing::info!(version = %identity.version, sha256 = %identity.sha256, "guest loaded");
     metrics.set_guest(&identity.version, &identity.sha256);

@@ -36,6 +36,41 @@ pub trait SubscriberDirectory: Send + Sync + 'static {
     -> PackedStrings;
 }
 
+/// The runtime that `[guest]` configures (limits, allow-list), and the component of `guest.path`
+/// loaded with it and passed through the canary batch: what the service starts with, and what
+/// `campaign-push check` tries.
+pub fn start(config: &crate::config::GuestConfig) -> anyhow::Result<(GuestRuntime, LoadedGuest)> {
+    let mut runtime = GuestRuntime::with_limits(GuestLimits {
+        call_timeout: config.call_timeout,
+        max_memory_bytes: config.max_memory_mib.saturating_mul(1 << 20),
+    })?;
+    if let Some(allowed) = &config.allowed_sha256 {
+        runtime = runtime.allowing_only(allowed.clone());
+    }
+    let path = config.path.display();
+    let guest = runtime
+        .load_file(&config.path)
+        .map_err(|e| anyhow::anyhow!("guest.path = {path}: {e}"))?;
+    canary::check(&guest)
+        .map_err(|e| anyhow::anyhow!("guest.path = {path}: failed the canary batch: {e}"))?;
+    Ok((runtime, guest))
+}
+
+/// A directory as the transform's native build asks for subscribers (the Wasm guest reaches it
+/// through the `subscribers-of` import instead).
+pub struct DirectoryLookup<'a>(pub &'a dyn SubscriberDirectory);
+
+impl guest_transform::SubscriberLookup for DirectoryLookup<'_> {
+    fn subscribers_of(
+        &mut self,
+        restaurant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> PackedStrings {
+        self.0.clients_page(restaurant_id, after, limit as usize)
+    }
+}
+
 /// Who a loaded guest is: what it says of itself, and what its bytes are.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GuestIdentity {

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use guest_transform::{EventInput, PackedStrings, Resume, SubscriberLookup};
+use guest_transform::{EventInput, Resume};
 
 use crate::config::GuestEngine;
 use crate::guest::{
-    Budget, CallError, GuestIdentity, GuestInstance, GuestSlot, InputEvent, LoadedGuest, Outcome,
-    SubscriberDirectory,
+    Budget, CallError, DirectoryLookup, GuestIdentity, GuestInstance, GuestSlot, InputEvent,
+    LoadedGuest, Outcome, SubscriberDirectory,
 };
 
 /// The guest in service and its current instance.
@@ -101,7 +101,7 @@ impl Transformer {
             outputs: budget.outputs,
             bytes: budget.bytes,
         };
-        let mut lookup = Lookup(&*self.directory);
+        let mut lookup = DirectoryLookup(&*self.directory);
         let outcomes = guest_transform::transform_batch(now, inputs, budget, &mut lookup)
             .map_err(|_| TransformError(CallError::NowOutOfRange(now)))?;
         Ok(outcomes.into_iter().map(Outcome::from).collect())
@@ -142,20 +142,6 @@ impl Transformer {
                 Ok(outcomes)
             }
         }
-    }
-}
-
-/// The subscriber table as the native transform asks for it.
-struct Lookup<'a>(&'a dyn SubscriberDirectory);
-
-impl SubscriberLookup for Lookup<'_> {
-    fn subscribers_of(
-        &mut self,
-        restaurant_id: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> PackedStrings {
-        self.0.clients_page(restaurant_id, after, limit as usize)
     }
 }
 
