@@ -32,7 +32,7 @@ impl Drop for Cleanup<'_> {
         let sql = format!(
             "DELETE FROM subscribers_restaurants WHERE restaurant_id = '{r}'; \
              DELETE FROM subscribers_feedback WHERE adv_campaign_id = '{c}'; \
-             DELETE FROM campaign_push_deliveries WHERE adv_campaign_id = '{c}';",
+             DELETE FROM campaign_push_ledger WHERE adv_campaign_id = '{c}';",
             r = self.restaurant,
             c = self.campaign
         );

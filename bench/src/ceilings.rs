@@ -7,7 +7,7 @@
 //!   storing the rows can cost.
 //! - Kafka: output-shaped messages (key `client_id`, the JSON value, the two guest headers the
 //!   service adds) to a fresh topic with the service's producer settings (SASL_SSL login,
-//!   transactional, idempotent, `linger.ms` 5, `compression.type` lz4, as the host's
+//!   transactional, idempotent, `linger.ms` 0, `retry.backoff.ms` 10, `compression.type` lz4, as the host's
 //!   `PRODUCER_DEFAULTS` and `host/src/sinks/kafka.rs` set them), one
 //!   transaction per batch, each waited for as the service waits (delivery reports served in 1 ms
 //!   steps, then `commit_transaction`). No consumer offsets are sent with the transaction (there
@@ -100,7 +100,8 @@ pub fn kafka(
         .service_login()?
         .set("transactional.id", format!("{tag}-ceiling"))
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", "0")
+        .set("retry.backoff.ms", "10")
         .set("compression.type", "lz4")
         .create()
         .context("creating the ceiling's producer")?;

@@ -34,9 +34,11 @@ impl<'a> LedgerFill<'a> {
         let sql = format!(
             "INSERT INTO campaign_push_campaigns (adv_campaign_id, ends_at) \
              SELECT '{prefix}-' || c, 2659207116 FROM generate_series(0, {rows} / 1000) c; \
-             INSERT INTO campaign_push_deliveries (adv_campaign_id, client_id) \
-             SELECT '{prefix}-' || (i / 1000), md5(i::text)::uuid::text \
-             FROM generate_series(1, {rows}) i; ANALYZE campaign_push_deliveries;"
+             INSERT INTO campaign_push_ledger (adv_campaign_id, first_client, last_client, clients) \
+             SELECT '{prefix}-' || c, min(client), max(client), array_agg(client ORDER BY client) \
+             FROM (SELECT i / 1000 AS c, md5(i::text)::uuid::text COLLATE \"C\" AS client \
+                   FROM generate_series(1, {rows}) i) pairs \
+             GROUP BY c; ANALYZE campaign_push_ledger;"
         );
         run(&mut psql(env, "", &sql), None).assert_success();
         println!(
@@ -50,7 +52,7 @@ impl<'a> LedgerFill<'a> {
 impl Drop for LedgerFill<'_> {
     fn drop(&mut self) {
         let sql = format!(
-            "DELETE FROM campaign_push_deliveries WHERE adv_campaign_id LIKE '{p}-%'; \
+            "DELETE FROM campaign_push_ledger WHERE adv_campaign_id LIKE '{p}-%'; \
              DELETE FROM campaign_push_campaigns WHERE adv_campaign_id LIKE '{p}-%';",
             p = self.prefix
         );

@@ -43,6 +43,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "006_decisions_lz4",
         sql: include_str!("../migrations/006_decisions_lz4.sql"),
     },
+    Migration {
+        name: "007_ledger_per_decision",
+        sql: include_str!("../migrations/007_ledger_per_decision.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations: "camppush" in ASCII.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::pipeline::PgConnect;
 use crate::pipeline::clock::Clock;
-use crate::sinks::postgres;
+use crate::sinks::ledger;
 
 /// Ledger rows deleted per statement.
 const CHUNK: i64 = 10_000;
@@ -60,6 +60,6 @@ impl Retention {
 
     async fn purge(&self, cutoff: i64) -> anyhow::Result<u64> {
         let client = (self.connect)().await?;
-        Ok(postgres::purge_ended_campaigns(&client, cutoff, CHUNK).await?)
+        Ok(ledger::purge_ended_campaigns(&client, cutoff, CHUNK).await?)
     }
 }

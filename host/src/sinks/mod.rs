@@ -3,6 +3,7 @@
 //! offsets, in one Kafka transaction).
 
 pub mod kafka;
+pub mod ledger;
 pub mod postgres;
 
 /// How a sink failure is to be handled by the caller.

@@ -1,7 +1,7 @@
 //! The PostgreSQL sink: where a batch's decisions are taken for good.
 //!
-//! One transaction per write: record the candidates' (campaign, client) pairs in the delivery
-//! ledger (migration `002_delivery_ledger`), insert a `subscribers_feedback` row by binary COPY
+//! One transaction per write: record the candidates' (campaign, client) pairs that are new in the
+//! delivery [`ledger`], insert a `subscribers_feedback` row by binary COPY
 //! for exactly the pairs that were new, and store every candidate's decision — the messages of
 //! those new pairs, or its dead-letter reason — in `campaign_push_decisions` (migration
 //! `003_decisions`). Once that commits, the record is decided: [`recall`] gives the decision back
@@ -15,46 +15,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient};
 
-use super::SinkError;
+use super::{SinkError, ledger};
 use crate::guest::GuestIdentity;
 use crate::plan::{Candidate, Commit, Decision, Position, StoredDecision};
-
-const INSERT_PAIRS: &str = "WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(adv_campaign_id, client_id, idx)
-), new AS (
-    INSERT INTO campaign_push_deliveries (adv_campaign_id, client_id)
-    SELECT adv_campaign_id, client_id FROM input ORDER BY idx
-    ON CONFLICT DO NOTHING
-    RETURNING adv_campaign_id, client_id
-)
-SELECT input.idx FROM input JOIN new USING (adv_campaign_id, client_id)";
-
-/// The fast way to record pairs, when none of them is in the ledger yet (the common case: a new
-/// campaign): a third of the slow path's time. A pair already there (a re-sent campaign) fails
-/// the whole COPY on the primary key, and the batch takes [`INSERT_PAIRS`] instead.
-const LEDGER_COPY: &str = "COPY campaign_push_deliveries (adv_campaign_id, client_id) FROM STDIN \
-    (FORMAT binary)";
-const LEDGER_TYPES: [Type; 2] = [Type::TEXT, Type::TEXT];
-
-/// The campaigns of the pairs, with their latest end, for the ledger's retention; in a fixed order
-/// so that two hosts writing the same campaigns lock them in the same order.
-const UPSERT_CAMPAIGNS: &str = "INSERT INTO campaign_push_campaigns (adv_campaign_id, ends_at)
-SELECT adv_campaign_id, max(ends_at)
-FROM unnest($1::text[], $2::int8[]) AS u(adv_campaign_id, ends_at)
-GROUP BY adv_campaign_id ORDER BY adv_campaign_id
-ON CONFLICT (adv_campaign_id) DO UPDATE SET ends_at = EXCLUDED.ends_at
-WHERE campaign_push_campaigns.ends_at < EXCLUDED.ends_at";
-
-/// Up to `$2` ledger rows of campaigns that ended before `$1`, in one short statement.
-const PURGE_PAIRS: &str = "DELETE FROM campaign_push_deliveries WHERE ctid = ANY (ARRAY(
-    SELECT d.ctid FROM campaign_push_campaigns c
-    JOIN campaign_push_deliveries d USING (adv_campaign_id)
-    WHERE c.ends_at < $1 LIMIT $2))";
-
-/// Campaigns that ended before `$1` and have no pair left.
-const PURGE_CAMPAIGNS: &str = "DELETE FROM campaign_push_campaigns c
-WHERE c.ends_at < $1 AND NOT EXISTS (
-    SELECT 1 FROM campaign_push_deliveries d WHERE d.adv_campaign_id = c.adv_campaign_id)";
 
 const FEEDBACK_COPY: &str = "COPY public.subscribers_feedback (
     restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
@@ -201,36 +164,8 @@ pub async fn forget_committed(
         .map_err(|e| classify(&e))
 }
 
-/// Deletes the ledger's pairs of the campaigns that ended before `cutoff` (Unix epoch seconds),
-/// `chunk` rows per statement so that no statement holds its locks for long, then those
-/// campaigns. Returns the pairs deleted.
-pub async fn purge_ended_campaigns(
-    client: &impl GenericClient,
-    cutoff: i64,
-    chunk: i64,
-) -> Result<u64, SinkError> {
-    let mut purged = 0;
-    loop {
-        let deleted = client
-            .execute(PURGE_PAIRS, &[&cutoff, &chunk])
-            .await
-            .map_err(|e| classify(&e))?;
-        purged += deleted;
-        if deleted < chunk as u64 {
-            break;
-        }
-    }
-    client
-        .execute(PURGE_CAMPAIGNS, &[&cutoff])
-        .await
-        .map_err(|e| classify(&e))?;
-    Ok(purged)
-}
-
 const UNDELIVERABLE_ROWS: &str = "DELETE FROM public.subscribers_feedback
 WHERE adv_campaign_id = $1 AND client_id = ANY($2) AND trigger_datetime_created = $3";
-const UNDELIVERABLE_PAIRS: &str = "DELETE FROM campaign_push_deliveries
-WHERE adv_campaign_id = $1 AND client_id = ANY($2)";
 const UNDELIVERABLE_DECISION: &str = "UPDATE campaign_push_decisions
 SET message_keys = '{}', message_values = '{}', continue_after = NULL, dead_letter_reason = $5
 WHERE source_topic = $1 AND source_partition = $2 AND source_offset = $3 AND part = $4";
@@ -260,10 +195,16 @@ pub async fn undeliverable(
             .execute(UNDELIVERABLE_ROWS, &[campaign, &clients, &trigger])
             .await
             .map_err(|e| classify(&e))?;
-        transaction
-            .execute(UNDELIVERABLE_PAIRS, &[campaign, &clients])
-            .await
-            .map_err(|e| classify(&e))?;
+        ledger::forget_decision(
+            &transaction,
+            campaign,
+            topic,
+            decision.source.partition,
+            decision.source.offset,
+            part,
+        )
+        .await
+        .map_err(|e| classify(&e))?;
     }
     let reason = reason.replace('\0', "\\u0000");
     transaction
@@ -304,29 +245,24 @@ pub async fn write<'a>(
     confirmed: &BTreeMap<i32, Commit>,
 ) -> Result<Written<'a>, SinkError> {
     let transaction = client.transaction().await.map_err(|e| classify(&e))?;
-    forget_committed(&transaction, topic, confirmed).await?;
+    // JIT compilation only costs these short statements time: the ledger's lookup, costed high
+    // while its table had no statistics, spent 60–300 ms per batch compiling itself. SET LOCAL
+    // ends with the transaction (a connection pooler's session may be shared).
+    futures::try_join!(
+        async {
+            transaction
+                .batch_execute("SET LOCAL jit = off")
+                .await
+                .map_err(|e| classify(&e))
+        },
+        forget_committed(&transaction, topic, confirmed),
+    )?;
     let written = decide(&transaction, topic, candidates, guest)
         .await
         .map_err(|e| classify(&e))?;
     crate::crash_point!("before-postgres-commit");
     transaction.commit().await.map_err(|e| classify(&e))?;
     Ok(written)
-}
-
-/// Records every pair as new in the ledger, failing with a unique violation if one is not.
-async fn copy_pairs(
-    transaction: &tokio_postgres::Transaction<'_>,
-    campaigns: &[&str],
-    clients: &[&str],
-) -> Result<(), tokio_postgres::Error> {
-    let sink = transaction.copy_in(LEDGER_COPY).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &LEDGER_TYPES));
-    for (campaign, client) in campaigns.iter().zip(clients) {
-        let values: [&(dyn ToSql + Sync); 2] = [campaign, client];
-        writer.as_mut().write(&values).await?;
-    }
-    writer.as_mut().finish().await?;
-    Ok(())
 }
 
 async fn decide<'a>(
@@ -339,37 +275,7 @@ async fn decide<'a>(
         .iter()
         .flat_map(|candidate| candidate.deliveries())
         .collect();
-    let mut is_new = vec![false; deliveries.len()];
-    if !deliveries.is_empty() {
-        let campaigns: Vec<&str> = deliveries.iter().map(|d| d.row.adv_campaign_id).collect();
-        let clients: Vec<&str> = deliveries.iter().map(|d| d.row.client_id).collect();
-        // One entry per candidate, not per pair: a candidate's pairs share their campaign.
-        let (ended, ends): (Vec<&str>, Vec<i64>) = candidates
-            .iter()
-            .filter_map(|candidate| candidate.deliveries().first())
-            .map(|d| (d.row.adv_campaign_id, d.row.adv_campaign_datetime_end))
-            .unzip();
-        // Both statements in flight at once on the connection: one round trip, not two.
-        let campaign_params: [&(dyn ToSql + Sync); 2] = [&ended, &ends];
-        futures::try_join!(
-            transaction.execute(UPSERT_CAMPAIGNS, &campaign_params),
-            transaction.batch_execute("SAVEPOINT ledger_copy"),
-        )?;
-        match copy_pairs(transaction, &campaigns, &clients).await {
-            Ok(()) => is_new.fill(true),
-            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                transaction
-                    .batch_execute("ROLLBACK TO SAVEPOINT ledger_copy")
-                    .await?;
-                let pair_params: [&(dyn ToSql + Sync); 2] = [&campaigns, &clients];
-                for row in transaction.query(INSERT_PAIRS, &pair_params).await? {
-                    let ordinal: i64 = row.get(0);
-                    is_new[(ordinal - 1) as usize] = true;
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    let is_new = ledger::record_new(transaction, topic, candidates).await?;
     let rows_inserted = is_new.iter().filter(|&&new| new).count() as u64;
     if rows_inserted > 0 {
         let sink = transaction.copy_in(FEEDBACK_COPY).await?;
