@@ -10,19 +10,26 @@
 //! 3. store: one PostgreSQL transaction takes the new decisions for good (ledger, feedback rows,
 //!    decisions); data the database refuses is isolated by bisection and dead-lettered.
 //! 4. deliver: one Kafka transaction sends every decision of the batch, as decided, and commits
-//!    the consumed offsets (inside a record delivered in parts: the parts delivered).
-//! 5. account: metrics, the regression watch of a newly swapped guest, progress.
+//!    the consumed offsets (inside a record delivered in parts: the parts delivered). It runs on
+//!    a thread of its own ([`courier`]) while the next batch goes through stages 1–3.
+//! 5. account: once the delivery is known to have committed: metrics, the regression watch of a
+//!    newly swapped guest, progress.
 //!
 //! A record whose fan-out the budget cut short, and the records of its partition after it, are
-//! carried into the next batch (see the plan's "Parts").
+//! carried into the next batch (see the plan's "Parts"); that batch waits for the delivery before
+//! it is decided.
 //!
 //! A failed stage is retried with backoff; a retry of the store stage decides again only what no
-//! attempt stored, and the deliver stage sends the stored decisions, never a recomputation. See
-//! the README's "Delivery guarantees".
+//! attempt stored, and the deliver stage sends the stored decisions, never a recomputation. A
+//! decision Kafka refuses for good becomes a dead letter in both sinks, and its batch is planned
+//! and delivered again. See the README's "Delivery guarantees".
 
 pub mod clock;
+pub mod courier;
+pub mod outbox;
 pub mod rebalance;
 pub mod regression;
+pub mod retry;
 pub mod transformer;
 
 use std::borrow::Cow;
@@ -50,8 +57,11 @@ use crate::sinks::SinkError;
 use crate::sinks::kafka::{self, KafkaSink};
 use crate::sinks::postgres::{self, Written};
 use clock::Clock;
+use courier::{Courier, Delivered, Done, InFlight};
+use outbox::{Outbox, Packed};
 use rebalance::GroupContext;
 use regression::{RegressionSettings, RegressionWatch, Verdict as RegressionVerdict};
+use retry::Retry;
 use transformer::Transformer;
 
 /// Opens a new PostgreSQL connection (its connection task already spawned).
@@ -91,9 +101,11 @@ pub struct Pipeline {
 }
 
 /// The input records of one batch, copied out of the consumer.
-struct Batch {
+pub struct Batch {
     events: Vec<InputEvent>,
     positions: Vec<Position>,
+    /// How many records at the front were carried over from the previous batch.
+    carried: usize,
     first_received: Instant,
 }
 
@@ -102,26 +114,31 @@ impl Batch {
         Self {
             events: Vec::new(),
             positions: Vec::new(),
+            carried: 0,
             first_received: Instant::now(),
         }
     }
 
     /// The records at `indexes`, which open the next batch.
-    fn carry(self, indexes: &[usize]) -> Self {
-        let keep: std::collections::HashSet<usize> = indexes.iter().copied().collect();
-        let (events, positions) = self
-            .events
-            .into_iter()
-            .zip(self.positions)
-            .enumerate()
-            .filter(|(index, _)| keep.contains(index))
-            .map(|(_, record)| record)
-            .unzip();
+    fn carry(&self, indexes: &[usize]) -> Self {
         Self {
-            events,
-            positions,
+            events: indexes.iter().map(|&i| self.events[i].clone()).collect(),
+            positions: indexes.iter().map(|&i| self.positions[i]).collect(),
+            carried: indexes.len(),
             first_received: Instant::now(),
         }
+    }
+
+    /// The records of this batch that were not carried into it, after `carried`.
+    fn after(mut carried: Batch, fresh: Batch) -> Self {
+        carried
+            .events
+            .extend(fresh.events.into_iter().skip(fresh.carried));
+        carried
+            .positions
+            .extend(fresh.positions.into_iter().skip(fresh.carried));
+        carried.first_received = fresh.first_received;
+        carried
     }
 
     /// Per partition, the first and last offset of the batch.
@@ -139,32 +156,103 @@ impl Batch {
 
     fn retain_partitions(&mut self, keep: impl Fn(i32) -> bool) {
         let mut index = 0;
+        let mut carried = 0;
         self.events.retain(|_| {
             index += 1;
-            keep(self.positions[index - 1].partition)
+            let kept = keep(self.positions[index - 1].partition);
+            if kept && index <= self.carried {
+                carried += 1;
+            }
+            kept
         });
         self.positions.retain(|position| keep(position.partition));
+        self.carried = carried;
     }
 }
 
-/// How the deliver stage ended.
-enum Delivered {
-    Committed,
-    /// Shutdown came first.
-    Interrupted,
-    /// Kafka refuses a message of the decision at this index for good.
-    Refused {
-        decision: usize,
-        reason: String,
-    },
-}
-
-/// How long each stage of a batch took, for the batch's debug line.
+/// When each stage of a batch ended, for its metrics and debug line.
+#[derive(Debug, Clone, Copy)]
 struct StageTimes {
     collected: Instant,
     decided: Instant,
     stored: Instant,
-    delivered: Instant,
+}
+
+/// What the store stage hands on: the batch's decisions (owned, for the deliver stage), what
+/// the accounting needs of them, and which records go on in the next batch.
+struct Stored {
+    decisions: Packed,
+    commits: BTreeMap<i32, Commit>,
+    carried: Vec<usize>,
+    tally: Tally,
+    times: StageTimes,
+}
+
+/// A batch's figures for the account stage, taken before its data goes to the deliver stage.
+struct Tally {
+    events: usize,
+    finished: usize,
+    carried: usize,
+    decided_now: u64,
+    recalled: u64,
+    rejected: u64,
+    expired: u64,
+    not_yet_started: u64,
+    candidates_delivered: u64,
+    outputs: u64,
+    dead_letters: u64,
+    rows_inserted: u64,
+    ranges: BTreeMap<i32, (i64, i64)>,
+    commits: BTreeMap<i32, Commit>,
+    guest: GuestIdentity,
+}
+
+impl Tally {
+    fn of(
+        batch: &Batch,
+        plan: &Plan<'_>,
+        decisions: &[Decision<'_>],
+        rows_inserted: u64,
+        guest: &GuestIdentity,
+    ) -> Self {
+        let mut tally = Tally {
+            events: batch.events.len(),
+            // A record delivered in parts counts once, with its last part.
+            finished: batch.events.len() - plan.carried.len(),
+            carried: plan.carried.len(),
+            decided_now: 0,
+            recalled: 0,
+            rejected: 0,
+            expired: 0,
+            not_yet_started: 0,
+            candidates_delivered: 0,
+            outputs: decisions.iter().map(|d| d.messages.len() as u64).sum(),
+            dead_letters: decisions.iter().filter(|d| d.dead_letter.is_some()).count() as u64,
+            rows_inserted,
+            ranges: batch.ranges(),
+            commits: plan.commits.clone(),
+            guest: guest.clone(),
+        };
+        for record in &plan.records {
+            match record {
+                Planned::Recalled(_) => tally.recalled += 1,
+                Planned::New(candidate) => {
+                    tally.decided_now += 1;
+                    match &candidate.verdict {
+                        Verdict::Deliver(deliveries) => {
+                            tally.candidates_delivered += deliveries.len() as u64
+                        }
+                        Verdict::Skip(guest_transform::SkipReason::Expired) => tally.expired += 1,
+                        Verdict::Skip(guest_transform::SkipReason::NotYetStarted) => {
+                            tally.not_yet_started += 1
+                        }
+                        Verdict::DeadLetter(_) => tally.rejected += 1,
+                    }
+                }
+            }
+        }
+        tally
+    }
 }
 
 /// The PostgreSQL connection of the pipeline, opened again after an error that may have broken
@@ -193,22 +281,126 @@ impl Postgres {
     }
 }
 
+/// The batch handed to the deliver stage.
+struct Sent {
+    in_flight: InFlight,
+    pending: Pending,
+}
+
+/// What the account stage needs of a batch in delivery.
+struct Pending {
+    /// Whether the batch carries records into the next one.
+    carries: bool,
+    tally: Tally,
+    times: StageTimes,
+    first_received: Instant,
+    span: tracing::Span,
+}
+
+/// How the batch in delivery ended, for the batch after it.
+enum Settled {
+    Committed,
+    /// Kafka refused one of its decisions; it was made a dead letter and the batch planned and
+    /// delivered again, now carrying the records at `carried` of `batch` into the next.
+    Redone {
+        batch: Batch,
+        carried: Vec<usize>,
+    },
+    /// Shutdown came first.
+    Interrupted,
+}
+
 impl Pipeline {
     /// Runs until `shutdown` is cancelled (returns `Ok`) or a sink fails fatally (returns `Err`).
     /// A batch interrupted by shutdown is abandoned uncommitted and will be consumed again.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut postgres = Postgres {
-            connect: self.pg_connect.clone(),
-            client: None,
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let retry = Retry {
+            metrics: self.metrics.clone(),
+            progress: self.progress.clone(),
+            initial_backoff: self.settings.retry_initial_backoff,
+            max_backoff: self.settings.retry_max_backoff,
         };
-        // The commits of the last batch whose Kafka transaction committed: their decisions are
-        // forgotten with the next batch's PostgreSQL transaction.
-        let mut confirmed: BTreeMap<i32, Commit> = BTreeMap::new();
-        let mut watch = RegressionWatch::new(self.regression, &self.transformer.identity().sha256);
-        let mut carried = Batch::empty();
-        while let Some((batch, group)) =
-            collect(&self.consumer, &self.settings, carried, &shutdown).await?
-        {
+        let courier = Courier::new(self.kafka, self.consumer.clone(), retry.clone());
+        let watch = RegressionWatch::new(self.regression, &self.transformer.identity().sha256);
+        let mut stages = Stages {
+            consumer: self.consumer,
+            reloader: self.reloader,
+            input_topic: self.input_topic,
+            transformer: self.transformer,
+            postgres: Postgres {
+                connect: self.pg_connect,
+                client: None,
+            },
+            courier,
+            clock: self.clock,
+            metrics: self.metrics,
+            progress: self.progress,
+            settings: self.settings,
+            retry,
+            confirmed: BTreeMap::new(),
+            watch,
+        };
+        stages.run(&shutdown).await
+    }
+}
+
+/// The pipeline at work: [`Pipeline`]'s parts, the deliver stage's [`Courier`] and what the
+/// stages carry from one batch to the next.
+struct Stages {
+    consumer: Arc<GroupConsumer>,
+    reloader: Arc<Reloader>,
+    input_topic: String,
+    transformer: Transformer,
+    postgres: Postgres,
+    courier: Courier,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
+    settings: Settings,
+    retry: Retry,
+    /// The commits of the last batch whose Kafka transaction committed: their decisions are
+    /// forgotten with the next batch's PostgreSQL transaction.
+    confirmed: BTreeMap<i32, Commit>,
+    watch: RegressionWatch,
+}
+
+impl Stages {
+    async fn run(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut sent: Option<Sent> = None;
+        let mut next = Batch::empty();
+        loop {
+            let in_flight = sent.as_mut().map(|sent| &mut sent.in_flight);
+            let (mut batch, group) =
+                match collect(&self.consumer, &self.settings, next, in_flight, shutdown).await? {
+                    Collected::Batch(batch, group) => (batch, group),
+                    Collected::Shutdown => return self.finish(sent, shutdown).await,
+                    Collected::Delivered(partial, joined) => {
+                        let pending = sent.take().expect("a delivery was in flight").pending;
+                        next = match self.settle(pending, *joined, shutdown).await? {
+                            Settled::Committed => partial,
+                            Settled::Redone { batch, carried } => {
+                                self.assigned(Batch::after(batch.carry(&carried), partial))?
+                            }
+                            Settled::Interrupted => return Ok(()),
+                        };
+                        continue;
+                    }
+                };
+            // Records carried from the batch in delivery go on from what its commit says was
+            // delivered of them: it must have ended.
+            if sent.as_ref().is_some_and(|sent| sent.pending.carries)
+                && let Some(Sent { in_flight, pending }) = sent.take()
+            {
+                match self.settle(pending, in_flight.await, shutdown).await? {
+                    Settled::Committed => {}
+                    Settled::Redone {
+                        batch: previous,
+                        carried,
+                    } => batch = self.assigned(Batch::after(previous.carry(&carried), batch))?,
+                    Settled::Interrupted => return Ok(()),
+                }
+            }
+
             self.progress.batch_started();
             // Every line logged while the batch is in work says which records it holds and which
             // guest decides them.
@@ -217,43 +409,86 @@ impl Pipeline {
                 input = %describe_ranges(&batch.ranges()),
                 guest = %self.transformer.identity().version,
             );
-            let Some(carry) = self
-                .process(
-                    &batch,
-                    &group,
-                    &mut postgres,
-                    &mut confirmed,
-                    &mut watch,
-                    &shutdown,
-                )
-                .instrument(span)
-                .await?
-            else {
-                return Ok(());
+            let stored = self
+                .decide_and_store(&batch, shutdown)
+                .instrument(span.clone())
+                .await?;
+            let Some(stored) = stored else {
+                return self.finish(sent, shutdown).await;
             };
-            carried = batch.carry(&carry);
-            self.progress.batch_committed();
+            if let Some(Sent { in_flight, pending }) = sent.take() {
+                match self.settle(pending, in_flight.await, shutdown).await? {
+                    Settled::Committed => {}
+                    // A batch that carried nothing was delivered whole before, and its records are
+                    // all stored: planned again, none goes on into this one.
+                    Settled::Redone { carried, .. } => anyhow::ensure!(
+                        carried.is_empty(),
+                        "a batch planned again after a Kafka refusal carries records into a batch \
+                         already stored"
+                    ),
+                    Settled::Interrupted => return Ok(()),
+                }
+                // The stored batch is in work until its delivery is settled.
+                self.progress.batch_started();
+            }
+            next = batch.carry(&stored.carried);
+            let pending = Pending {
+                carries: !stored.carried.is_empty(),
+                tally: stored.tally,
+                times: stored.times,
+                first_received: batch.first_received,
+                span: span.clone(),
+            };
+            let outbox = Outbox::new(batch, stored.decisions, stored.commits, group);
+            sent = Some(Sent {
+                in_flight: self.courier.send(outbox, span, shutdown),
+                pending,
+            });
+        }
+    }
+
+    /// `batch` without the records of partitions no longer assigned to this host: records a
+    /// batch planned again carries may be of a partition revoked since.
+    fn assigned(&self, mut batch: Batch) -> anyhow::Result<Batch> {
+        // Without the assignment, which records may be dropped is not known; a restart consumes
+        // them all again from the committed offsets.
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| anyhow::anyhow!("reading the consumer's assignment: {e}"))?;
+        let assigned: std::collections::HashSet<i32> = assignment
+            .elements_for_topic(&self.input_topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        batch.retain_partitions(|partition| assigned.contains(&partition));
+        Ok(batch)
+    }
+
+    /// Waits for the delivery in flight, if any, and settles it: the end of the run.
+    async fn finish(
+        &mut self,
+        sent: Option<Sent>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if let Some(Sent { in_flight, pending }) = sent {
+            self.settle(pending, in_flight.await, shutdown).await?;
         }
         Ok(())
     }
 
-    /// Decides, stores and delivers one batch. Returns the indexes of the records carried into
-    /// the next batch, or `None` when shutdown interrupted it.
-    async fn process(
+    /// Decides and stores one batch. `None` when shutdown interrupted it.
+    async fn decide_and_store(
         &mut self,
         batch: &Batch,
-        group: &ConsumerGroupMetadata,
-        postgres: &mut Postgres,
-        confirmed: &mut BTreeMap<i32, Commit>,
-        watch: &mut RegressionWatch,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<Vec<usize>>> {
+    ) -> anyhow::Result<Option<Stored>> {
         let collected = Instant::now();
-        let mut backoff = Backoff::new(&self.settings);
+        let mut backoff = self.retry.backoff();
         loop {
             // Decide: what earlier attempts stored is recalled, the rest goes to the guest.
             let recalled = match recall(
-                postgres,
+                &mut self.postgres,
                 &self.consumer,
                 &self.input_topic,
                 self.settings.kafka_timeout,
@@ -263,10 +498,7 @@ impl Pipeline {
             {
                 Ok(recalled) => recalled,
                 Err(error) => {
-                    if !self
-                        .retry_postgres(&error, postgres, &mut backoff, shutdown)
-                        .await?
-                    {
+                    if !self.retry_postgres(&error, &mut backoff, shutdown).await? {
                         return Ok(None);
                     }
                     continue;
@@ -296,84 +528,146 @@ impl Pipeline {
 
             // Store: the new decisions are taken for good.
             let candidates: Vec<&Candidate<'_>> = plan.candidates().collect();
-            let stored = match postgres.client().await {
+            let written = match self.postgres.client().await {
                 Ok(client) => {
-                    store(client, &self.input_topic, &candidates, &guest, confirmed).await
+                    store(
+                        client,
+                        &self.input_topic,
+                        &candidates,
+                        &guest,
+                        &self.confirmed,
+                    )
+                    .await
                 }
                 Err(error) => Err(error),
             };
-            let written = match stored {
+            let written = match written {
                 Ok(written) => written,
                 Err(SinkError::Conflict) => {
                     tracing::info!("another attempt decided records of this batch; recalling");
                     continue;
                 }
                 Err(error) => {
-                    if !self
-                        .retry_postgres(&error, postgres, &mut backoff, shutdown)
-                        .await?
-                    {
+                    if !self.retry_postgres(&error, &mut backoff, shutdown).await? {
                         return Ok(None);
                     }
                     continue;
                 }
             };
-            confirmed.clear();
-            let stored_at = Instant::now();
+            self.confirmed.clear();
+            let stored = Instant::now();
             crate::crash_point!("between-commits");
 
-            // Deliver: every decision of the batch, as decided.
             let decisions = merge(&plan, written.decisions);
-            match self
-                .deliver(&decisions, &plan.commits, group, shutdown)
-                .await?
-            {
-                Delivered::Committed => {}
-                Delivered::Interrupted => return Ok(None),
-                Delivered::Refused { decision, reason } => {
-                    let decision = &decisions[decision];
-                    if !self
-                        .make_undeliverable(decision, &reason, postgres, shutdown)
-                        .await?
-                    {
-                        return Ok(None);
-                    }
-                    // Planned again: the record is now a dead letter in both sinks.
-                    continue;
-                }
-            }
-            crate::crash_point!("after-kafka-commit");
-            *confirmed = plan.commits.clone();
-            let times = StageTimes {
-                collected,
-                decided,
-                stored: stored_at,
-                delivered: Instant::now(),
-            };
-            self.account(
-                batch,
-                &plan,
-                &decisions,
-                written.rows_inserted,
-                &guest,
-                watch,
-                times,
-            )
-            .await;
-            return Ok(Some(plan.carried));
+            return Ok(Some(Stored {
+                decisions: Packed::new(&decisions),
+                commits: plan.commits.clone(),
+                carried: plan.carried.clone(),
+                tally: Tally::of(batch, &plan, &decisions, written.rows_inserted, &guest),
+                times: StageTimes {
+                    collected,
+                    decided,
+                    stored,
+                },
+            }));
         }
     }
 
-    /// [`Self::retry`] for a PostgreSQL error, dropping a connection the error may have broken.
+    /// Takes in how the delivery of a batch ended: accounts for a commit, and makes a decision
+    /// Kafka refused a dead letter and delivers its batch again.
+    async fn settle(
+        &mut self,
+        pending: Pending,
+        joined: Result<Done, tokio::task::JoinError>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Settled> {
+        let done = self.courier.received(joined)?;
+        match done.result? {
+            Delivered::Committed => {
+                self.confirmed = done.outbox.commits.clone();
+                self.account(pending, done.started, done.ended).await;
+                Ok(Settled::Committed)
+            }
+            Delivered::Interrupted => Ok(Settled::Interrupted),
+            Delivered::Refused { decision, reason } => {
+                self.redo(done.outbox, decision, &reason, pending.span, shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// Makes the decision at `refused` of `outbox` a dead letter, and plans and delivers its
+    /// batch again: the record now as a dead letter in both sinks, every other as stored.
+    async fn redo(
+        &mut self,
+        outbox: Outbox,
+        refused: usize,
+        reason: &str,
+        span: tracing::Span,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Settled> {
+        let mut outbox = outbox;
+        let mut refusal = (refused, reason.to_owned());
+        loop {
+            let made = {
+                let decisions = outbox.decisions();
+                self.make_undeliverable(&decisions[refusal.0], &refusal.1, shutdown)
+                    .instrument(span.clone())
+                    .await?
+            };
+            if !made {
+                return Ok(Settled::Interrupted);
+            }
+            let Outbox { batch, group, .. } = outbox;
+            self.progress.batch_started();
+            let Some(stored) = self
+                .decide_and_store(&batch, shutdown)
+                .instrument(span.clone())
+                .await?
+            else {
+                return Ok(Settled::Interrupted);
+            };
+            let carried = stored.carried;
+            let pending = Pending {
+                carries: !carried.is_empty(),
+                tally: stored.tally,
+                times: stored.times,
+                first_received: batch.first_received,
+                span: span.clone(),
+            };
+            let again = Outbox::new(batch, stored.decisions, stored.commits, group);
+            let in_flight = self.courier.send(again, span.clone(), shutdown);
+            let done = self.courier.received(in_flight.await)?;
+            match done.result? {
+                Delivered::Committed => {
+                    self.confirmed = done.outbox.commits.clone();
+                    self.account(pending, done.started, done.ended).await;
+                    return Ok(Settled::Redone {
+                        batch: done.outbox.batch,
+                        carried,
+                    });
+                }
+                Delivered::Interrupted => return Ok(Settled::Interrupted),
+                Delivered::Refused { decision, reason } => {
+                    outbox = done.outbox;
+                    refusal = (decision, reason);
+                }
+            }
+        }
+    }
+
+    /// [`Retry::after`] for a PostgreSQL error, dropping a connection the error may have broken.
     async fn retry_postgres(
         &mut self,
         error: &SinkError,
-        postgres: &mut Postgres,
-        backoff: &mut Backoff,
+        backoff: &mut retry::Backoff,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
-        let go_on = self.retry("postgres", error, backoff, shutdown).await?;
-        postgres.after(error);
+        let go_on = self
+            .retry
+            .after("postgres", error, backoff, shutdown)
+            .await?;
+        self.postgres.after(error);
         Ok(go_on)
     }
 
@@ -384,7 +678,6 @@ impl Pipeline {
         &mut self,
         decision: &Decision<'_>,
         reason: &str,
-        postgres: &mut Postgres,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         if decision.messages.is_empty() {
@@ -403,9 +696,9 @@ impl Pipeline {
             "Kafka refused an event's messages; dead-lettering the event"
         );
         let reason = format!("Kafka refused the event's messages: {reason}");
-        let mut backoff = Backoff::new(&self.settings);
+        let mut backoff = self.retry.backoff();
         loop {
-            let result = match postgres.client().await {
+            let result = match self.postgres.client().await {
                 Ok(client) => {
                     postgres::undeliverable(client, &self.input_topic, decision, &reason).await
                 }
@@ -414,10 +707,7 @@ impl Pipeline {
             match result {
                 Ok(()) => return Ok(true),
                 Err(error) => {
-                    if !self
-                        .retry_postgres(&error, postgres, &mut backoff, shutdown)
-                        .await?
-                    {
+                    if !self.retry_postgres(&error, &mut backoff, shutdown).await? {
                         return Ok(false);
                     }
                 }
@@ -425,96 +715,72 @@ impl Pipeline {
         }
     }
 
-    /// Sends the decisions in one Kafka transaction, retrying until it commits or Kafka refuses
-    /// a message for good.
-    async fn deliver(
-        &mut self,
-        decisions: &[Decision<'_>],
-        commits: &BTreeMap<i32, Commit>,
-        group: &ConsumerGroupMetadata,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<Delivered> {
-        let mut backoff = Backoff::new(&self.settings);
-        loop {
-            match self.kafka.write(decisions, commits, group) {
-                Ok(()) => return Ok(Delivered::Committed),
-                Err(SinkError::Undeliverable { decision, reason }) => {
-                    return Ok(Delivered::Refused { decision, reason });
-                }
-                // A fatal producer (fenced: another instance took over the transactional id, or
-                // the coordinator aborted a transaction that outlived `transaction.timeout.ms`) or
-                // a lost group membership is not recovered here but ends the service, for its
-                // supervisor to restart it: the new producer's `init_transactions` settles the old
-                // transaction, the restarted consumer reads from the committed offsets, and every
-                // decision stored meanwhile is recalled and sent as stored (see `service::run`).
-                // Broker restarts and outages do not come here: timeouts and abortable errors are
-                // retried, resuming the pending commit or abort (see `KafkaSink::write`).
-                Err(error) => {
-                    if !self.retry("kafka", &error, &mut backoff, shutdown).await? {
-                        return Ok(Delivered::Interrupted);
-                    }
-                }
-            }
+    /// Metrics, the regression watch and progress, once a batch's delivery has committed.
+    async fn account(&mut self, pending: Pending, delivery_started: Instant, delivered: Instant) {
+        let Pending {
+            carries: _,
+            tally,
+            times,
+            first_received,
+            span,
+        } = pending;
+        let entered = span.enter();
+        let verdict = self.watch.record(
+            delivered,
+            &tally.guest.sha256,
+            tally.decided_now,
+            tally.rejected,
+        );
+        let metrics = &self.metrics;
+        metrics.events_in.inc_by(tally.finished as u64);
+        metrics.outputs.inc_by(tally.outputs);
+        metrics.rows_inserted.inc_by(tally.rows_inserted);
+        metrics.duplicates_suppressed.inc_by(
+            tally
+                .candidates_delivered
+                .saturating_sub(tally.rows_inserted),
+        );
+        metrics.skipped_expired.inc_by(tally.expired);
+        metrics
+            .skipped_not_yet_started
+            .inc_by(tally.not_yet_started);
+        metrics.dead_lettered.inc_by(tally.dead_letters);
+        metrics.batch_size.observe(tally.events as f64);
+        let latency = delivered.saturating_duration_since(first_received);
+        metrics.batch_seconds.observe(latency.as_secs_f64());
+        let stages = [
+            (
+                "collect",
+                times.collected.saturating_duration_since(first_received),
+            ),
+            ("decide", times.decided - times.collected),
+            ("postgres", times.stored - times.decided),
+            ("kafka", delivered - delivery_started),
+        ];
+        for (stage, time) in stages {
+            metrics.observe_stage(stage, time.as_secs_f64());
         }
-    }
-
-    /// Logs and counts a failed attempt and waits before the next: `Ok(false)` when shutdown
-    /// was requested meanwhile, `Err` when the error cannot be retried.
-    async fn retry(
-        &mut self,
-        sink: &'static str,
-        error: &SinkError,
-        backoff: &mut Backoff,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<bool> {
-        let message = match error {
-            SinkError::Retryable(message) => message,
-            SinkError::Fatal(message) => anyhow::bail!("{sink} sink: {message}"),
-            SinkError::Refused(message) => {
-                anyhow::bail!("{sink} sink refused data it should have been spared: {message}")
-            }
-            SinkError::Conflict => anyhow::bail!("{sink} sink: unexpected conflict"),
-            SinkError::Undeliverable { reason, .. } => {
-                anyhow::bail!("{sink} sink refused a message unexpectedly: {reason}")
-            }
-        };
-        tracing::warn!(sink, error = %message, "write failed; retrying");
-        self.metrics.count_sink_retry(sink);
-        self.progress.failed(&format!("{sink}: {message}"));
-        Ok(backoff.wait(shutdown).await)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn account(
-        &mut self,
-        batch: &Batch,
-        plan: &Plan<'_>,
-        decisions: &[Decision<'_>],
-        rows_inserted: u64,
-        guest: &GuestIdentity,
-        watch: &mut RegressionWatch,
-        times: StageTimes,
-    ) {
-        let (mut decided_now, mut recalled) = (0u64, 0u64);
-        let (mut rejected, mut expired, mut not_yet_started, mut candidates_delivered) =
-            (0u64, 0u64, 0u64, 0u64);
-        for record in &plan.records {
-            if let Planned::Recalled(_) = record {
-                recalled += 1;
-            }
-            if let Planned::New(candidate) = record {
-                decided_now += 1;
-                match &candidate.verdict {
-                    Verdict::Deliver(deliveries) => candidates_delivered += deliveries.len() as u64,
-                    Verdict::Skip(guest_transform::SkipReason::Expired) => expired += 1,
-                    Verdict::Skip(guest_transform::SkipReason::NotYetStarted) => {
-                        not_yet_started += 1
-                    }
-                    Verdict::DeadLetter(_) => rejected += 1,
-                }
-            }
-        }
-        let verdict = watch.record(times.delivered, &guest.sha256, decided_now, rejected);
+        tracing::debug!(
+            offsets = ?tally.ranges,
+            commits = ?tally.commits,
+            events = tally.events,
+            finished = tally.finished,
+            carried = tally.carried,
+            recalled = tally.recalled,
+            outputs = tally.outputs,
+            dead_letters = tally.dead_letters,
+            seconds = latency.as_secs_f64(),
+            collect_seconds = stages[0].1.as_secs_f64(),
+            decide_seconds = stages[1].1.as_secs_f64(),
+            postgres_seconds = stages[2].1.as_secs_f64(),
+            kafka_seconds = stages[3].1.as_secs_f64(),
+            // The deliver stage waited this long for the one before it to be taken in.
+            waited_seconds = delivery_started.saturating_duration_since(times.stored).as_secs_f64(),
+            guest = %tally.guest.version,
+            "batch committed"
+        );
+        self.progress.batch_committed();
+        drop(entered);
         if let RegressionVerdict::RollBack {
             previous_share,
             new_share,
@@ -526,52 +792,8 @@ impl Pipeline {
                 previous_share * 100.0
             );
             // Logged and counted by the reloader; the next batch uses the restored guest.
-            let _ = self.reloader.rollback(&trigger).await;
+            let _ = self.reloader.rollback(&trigger).instrument(span).await;
         }
-
-        let outputs: usize = decisions.iter().map(|d| d.messages.len()).sum();
-        let dead_letters = decisions.iter().filter(|d| d.dead_letter.is_some()).count();
-        let metrics = &self.metrics;
-        // A record delivered in parts counts once, with its last part.
-        let finished = batch.events.len() - plan.carried.len();
-        metrics.events_in.inc_by(finished as u64);
-        metrics.outputs.inc_by(outputs as u64);
-        metrics.rows_inserted.inc_by(rows_inserted);
-        metrics
-            .duplicates_suppressed
-            .inc_by(candidates_delivered.saturating_sub(rows_inserted));
-        metrics.skipped_expired.inc_by(expired);
-        metrics.skipped_not_yet_started.inc_by(not_yet_started);
-        metrics.dead_lettered.inc_by(dead_letters as u64);
-        metrics.batch_size.observe(batch.events.len() as f64);
-        let latency = batch.first_received.elapsed().as_secs_f64();
-        metrics.batch_seconds.observe(latency);
-        let stages = [
-            ("collect", times.collected - batch.first_received),
-            ("decide", times.decided - times.collected),
-            ("postgres", times.stored - times.decided),
-            ("kafka", times.delivered - times.stored),
-        ];
-        for (stage, time) in stages {
-            metrics.observe_stage(stage, time.as_secs_f64());
-        }
-        tracing::debug!(
-            offsets = ?batch.ranges(),
-            commits = ?plan.commits,
-            events = batch.events.len(),
-            finished,
-            carried = plan.carried.len(),
-            recalled,
-            outputs,
-            dead_letters,
-            seconds = latency,
-            collect_seconds = (times.collected - batch.first_received).as_secs_f64(),
-            decide_seconds = (times.decided - times.collected).as_secs_f64(),
-            postgres_seconds = (times.stored - times.decided).as_secs_f64(),
-            kafka_seconds = (times.delivered - times.stored).as_secs_f64(),
-            guest = %guest.version,
-            "batch committed"
-        );
     }
 }
 
@@ -775,9 +997,20 @@ fn merge<'a>(plan: &Plan<'a>, stored: Vec<Decision<'a>>) -> Vec<Decision<'a>> {
     merged
 }
 
-/// Collects up to `batch_max_events` records, `carried` first, waiting at most `batch_linger`
-/// after the first, and the group metadata to commit them with. `None` when shutdown was
-/// requested.
+/// What [`collect`] ended with.
+enum Collected {
+    /// A batch, with the group metadata to commit it with.
+    Batch(Batch, ConsumerGroupMetadata),
+    /// The delivery in flight ended first: the records collected so far, to go on with once it
+    /// is settled.
+    Delivered(Batch, Box<Result<Done, tokio::task::JoinError>>),
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// Collects up to `batch_max_events` records, `pending` first, waiting at most `batch_linger`
+/// after the first, and the group metadata to commit them with; or returns what it has as soon
+/// as the delivery `in_flight` ends, so that the delivery is settled without waiting for records.
 ///
 /// Records of partitions revoked meanwhile are dropped (see [`rebalance`]), carried ones
 /// included. Consumer errors are logged and consumption goes on (librdkafka reconnects by itself,
@@ -789,11 +1022,12 @@ fn merge<'a>(plan: &Plan<'a>, stored: Vec<Decision<'a>>) -> Vec<Decision<'a>> {
 async fn collect(
     consumer: &GroupConsumer,
     settings: &Settings,
-    carried: Batch,
+    pending: Batch,
+    mut in_flight: Option<&mut InFlight>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<(Batch, ConsumerGroupMetadata)>> {
-    let mut batch = carried;
-    // Carried records are ready now: the batch takes what else is already there, no more.
+) -> anyhow::Result<Collected> {
+    let mut batch = pending;
+    // Records already there are ready now: the batch takes what else is already there, no more.
     let mut deadline = (!batch.events.is_empty()).then(tokio::time::Instant::now);
     loop {
         if batch.events.len() >= settings.batch_max_events {
@@ -801,7 +1035,10 @@ async fn collect(
         }
         let received = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => return Ok(Collected::Shutdown),
+            joined = delivery_end(in_flight.as_deref_mut()) => {
+                return Ok(Collected::Delivered(batch, Box::new(joined)));
+            }
             _ = sleep_until(deadline) => None,
             received = consumer.recv() => Some(received),
         };
@@ -855,7 +1092,15 @@ async fn collect(
     let group = consumer
         .group_metadata()
         .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
-    Ok(Some((batch, group)))
+    Ok(Collected::Batch(batch, group))
+}
+
+/// The end of the delivery in flight; never, without one.
+async fn delivery_end(in_flight: Option<&mut InFlight>) -> Result<Done, tokio::task::JoinError> {
+    match in_flight {
+        Some(in_flight) => in_flight.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `partition:first-last` per partition, e.g. `0:17-40,2:5-5`.
@@ -871,30 +1116,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Exponential backoff between retries of one sink write.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(settings: &Settings) -> Self {
-        Self {
-            next: settings.retry_initial_backoff,
-            max: settings.retry_max_backoff,
-        }
-    }
-
-    /// Waits for the next attempt; `false` if shutdown was requested meanwhile.
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
     }
 }
