@@ -101,7 +101,7 @@ pub struct PipelineConfig {
     pub stall_timeout: Duration,
 }
 
-/// `[ledger]`: the delivery ledger (`campaign_push_deliveries`), which remembers every
+/// `[ledger]`: the delivery ledger (`campaign_push_ledger`), which remembers every
 /// (campaign, client) pair delivered so that no pair is delivered twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerConfig {

@@ -171,7 +171,7 @@ SET message_keys = '{}', message_values = '{}', continue_after = NULL, dead_lett
 WHERE source_topic = $1 AND source_partition = $2 AND source_offset = $3 AND part = $4";
 
 /// Turns the stored `decision`, whose messages Kafka refuses for good, into a dead letter with
-/// `reason`, in one transaction: its feedback rows and ledger pairs go (no client was notified,
+/// `reason`, in one transaction: its feedback rows and ledger row go (no client was notified,
 /// and both sinks must agree), its stored messages too. The batch is then sent again, the record
 /// as a dead letter.
 pub async fn undeliverable(
