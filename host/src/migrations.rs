@@ -47,6 +47,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "007_ledger_per_decision",
         sql: include_str!("../migrations/007_ledger_per_decision.sql"),
     },
+    Migration {
+        name: "008_decision_templates",
+        sql: include_str!("../migrations/008_decision_templates.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations: "camppush" in ASCII.

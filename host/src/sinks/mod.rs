@@ -5,6 +5,7 @@
 pub mod kafka;
 pub mod ledger;
 pub mod postgres;
+pub mod template;
 
 /// How a sink failure is to be handled by the caller.
 #[derive(Debug, thiserror::Error)]

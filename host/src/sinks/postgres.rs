@@ -15,6 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient};
 
+use super::template::{self, Template};
 use super::{SinkError, ledger};
 use crate::guest::GuestIdentity;
 use crate::plan::{Candidate, Commit, Decision, Position, StoredDecision};
@@ -38,8 +39,9 @@ const FEEDBACK_TYPES: [Type; 10] = [
 
 const DECISIONS_COPY: &str = "COPY campaign_push_decisions (
     source_topic, source_partition, source_offset, part, decided_at, guest_version, guest_sha256,
-    dead_letter_reason, message_keys, message_values, continue_after) FROM STDIN (FORMAT binary)";
-const DECISION_TYPES: [Type; 11] = [
+    dead_letter_reason, message_keys, message_values, value_template, continue_after)
+    FROM STDIN (FORMAT binary)";
+const DECISION_TYPES: [Type; 12] = [
     Type::TEXT,
     Type::INT4,
     Type::INT8,
@@ -48,6 +50,7 @@ const DECISION_TYPES: [Type; 11] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
+    Type::TEXT_ARRAY,
     Type::TEXT_ARRAY,
     Type::TEXT_ARRAY,
     Type::TEXT,
@@ -65,7 +68,7 @@ JOIN unnest($2::int4[], $3::int8[], $4::int8[]) AS r(source_partition, first, la
 WHERE d.source_topic = $1";
 
 const RECALL_MESSAGES: &str = "SELECT d.source_partition, d.source_offset, d.part, d.message_keys,
-    d.message_values
+    d.message_values, d.value_template
 FROM campaign_push_decisions d
 JOIN unnest($2::int4[], $3::int8[], $4::int4[]) AS r(source_partition, source_offset, part)
   USING (source_partition, source_offset, part)
@@ -135,8 +138,12 @@ pub async fn recall_messages(
         if let Some(decision) = decisions.iter_mut().find(|d| {
             (d.source.partition, d.source.offset, d.part as i32) == (partition, offset, part)
         }) {
-            decision.keys = row.get(3);
-            decision.values = row.get(4);
+            let keys: Vec<String> = row.get(3);
+            decision.values = match row.get::<_, Option<Vec<String>>>(5).as_deref() {
+                Some([prefix, suffix]) => template::render(prefix, suffix, &keys),
+                _ => row.get(4),
+            };
+            decision.keys = keys;
         }
     }
     Ok(())
@@ -167,7 +174,8 @@ pub async fn forget_committed(
 const UNDELIVERABLE_ROWS: &str = "DELETE FROM public.subscribers_feedback
 WHERE adv_campaign_id = $1 AND client_id = ANY($2) AND trigger_datetime_created = $3";
 const UNDELIVERABLE_DECISION: &str = "UPDATE campaign_push_decisions
-SET message_keys = '{}', message_values = '{}', continue_after = NULL, dead_letter_reason = $5
+SET message_keys = '{}', message_values = '{}', value_template = NULL, continue_after = NULL,
+    dead_letter_reason = $5
 WHERE source_topic = $1 AND source_partition = $2 AND source_offset = $3 AND part = $4";
 
 /// Turns the stored `decision`, whose messages Kafka refuses for good, into a dead letter with
@@ -330,9 +338,14 @@ async fn decide<'a>(
             .as_deref()
             .map(|reason| reason.replace('\0', "\\u0000"));
         let keys: Vec<&str> = decision.messages.iter().map(|m| m.key).collect();
-        let values: Vec<&str> = decision.messages.iter().map(|m| m.value).collect();
+        let template = Template::of(&decision.messages);
+        let values: Vec<&str> = match template {
+            Some(_) => Vec::new(),
+            None => decision.messages.iter().map(|m| m.value).collect(),
+        };
+        let template = template.map(|t| vec![t.prefix, t.suffix]);
         let part = i32::try_from(candidate.part).expect("fewer than 2^31 parts");
-        let row: [&(dyn ToSql + Sync); 11] = [
+        let row: [&(dyn ToSql + Sync); 12] = [
             &topic,
             &decision.source.partition,
             &decision.source.offset,
@@ -343,6 +356,7 @@ async fn decide<'a>(
             &reason,
             &keys,
             &values,
+            &template,
             &candidate.continue_after,
         ];
         writer.as_mut().write(&row).await?;
