@@ -129,7 +129,8 @@ impl Batch {
         }
     }
 
-    /// The records of this batch that were not carried into it, after `carried`.
+    /// `carried`, then the records of `fresh` that were not carried into it: `fresh` rebuilt
+    /// around what the previous batch carries after all.
     fn after(mut carried: Batch, fresh: Batch) -> Self {
         carried
             .events
