@@ -225,6 +225,11 @@ fn main() {
             *total += stage / normal_batches.len() as f64;
         }
     }
+    assert!(
+        !normal_batches.is_empty(),
+        "no \"batch committed\" line away from the swaps in the service's log: did its fields \
+         change?\n{log}"
+    );
     let mut normal: Vec<f64> = normal_batches.iter().map(|b| b.seconds).collect();
     normal.sort_by(f64::total_cmp);
     let quantile = |q: f64| normal[((normal.len() - 1) as f64 * q).round() as usize];
@@ -313,7 +318,7 @@ fn committed_batch(line: &str) -> Option<Batch> {
         seconds: field("seconds")?,
         stages: [
             field("collect_seconds")?,
-            field("transform_seconds")?,
+            field("decide_seconds")?,
             field("postgres_seconds")?,
             field("kafka_seconds")?,
         ],
