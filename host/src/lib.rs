@@ -4,8 +4,10 @@
 //! - [`guest`]: the wasmtime embedding — loading, checking and calling transform components.
 //! - [`plan`]: what a batch decides, per input record: recalled from an earlier attempt, or new.
 //! - [`records`]: the Kafka messages and `subscribers_feedback` rows derived from a guest fan-out.
-//! - [`pipeline`]: consume, transform in batches, plan the writes.
-//! - [`sinks`]: PostgreSQL (binary COPY + delivery ledger) and Kafka (transactional).
+//! - [`pipeline`]: consume, transform in batches, plan and store the writes; the deliver stage
+//!   runs on a thread of its own (`pipeline::courier`) while the next batch is stored.
+//! - [`sinks`]: PostgreSQL (binary COPY, the delivery ledger, stored decisions as templates) and
+//!   Kafka (transactional).
 //! - [`retention`]: deletes the ledger's pairs of campaigns long over.
 //! - [`offline`]: the `transform-test` runner that exercises a guest without Kafka or PostgreSQL.
 //! - [`config`]: the one configuration struct: TOML file, environment overrides, validation.
