@@ -191,7 +191,6 @@ struct Stored {
 
 /// A batch's figures for the account stage, taken before its data goes to the deliver stage.
 struct Tally {
-    events: usize,
     finished: usize,
     carried: usize,
     decided_now: u64,
@@ -203,8 +202,6 @@ struct Tally {
     outputs: u64,
     dead_letters: u64,
     rows_inserted: u64,
-    ranges: BTreeMap<i32, (i64, i64)>,
-    commits: BTreeMap<i32, Commit>,
     guest: GuestIdentity,
 }
 
@@ -217,7 +214,6 @@ impl Tally {
         guest: &GuestIdentity,
     ) -> Self {
         let mut tally = Tally {
-            events: batch.events.len(),
             // A record delivered in parts counts once, with its last part.
             finished: batch.events.len() - plan.carried.len(),
             carried: plan.carried.len(),
@@ -230,8 +226,6 @@ impl Tally {
             outputs: decisions.iter().map(|d| d.messages.len() as u64).sum(),
             dead_letters: decisions.iter().filter(|d| d.dead_letter.is_some()).count() as u64,
             rows_inserted,
-            ranges: batch.ranges(),
-            commits: plan.commits.clone(),
             guest: guest.clone(),
         };
         for record in &plan.records {
@@ -433,18 +427,30 @@ impl Stages {
                 self.progress.batch_started();
             }
             next = batch.carry(&stored.carried);
-            let pending = Pending {
-                carries: !stored.carried.is_empty(),
-                tally: stored.tally,
-                times: stored.times,
-                first_received: batch.first_received,
-                span: span.clone(),
-            };
-            let outbox = Outbox::new(batch, stored.decisions, stored.commits, group);
-            sent = Some(Sent {
-                in_flight: self.courier.send(outbox, span, shutdown),
-                pending,
-            });
+            sent = Some(self.hand_over(batch, stored, group, span, shutdown));
+        }
+    }
+
+    /// Hands a stored batch to the deliver stage.
+    fn hand_over(
+        &mut self,
+        batch: Batch,
+        stored: Stored,
+        group: ConsumerGroupMetadata,
+        span: tracing::Span,
+        shutdown: &CancellationToken,
+    ) -> Sent {
+        let pending = Pending {
+            carries: !stored.carried.is_empty(),
+            tally: stored.tally,
+            times: stored.times,
+            first_received: batch.first_received,
+            span: span.clone(),
+        };
+        let outbox = Outbox::new(batch, stored.decisions, stored.commits, group);
+        Sent {
+            in_flight: self.courier.send(outbox, span, shutdown),
+            pending,
         }
     }
 
@@ -585,8 +591,8 @@ impl Stages {
         let done = self.courier.received(joined)?;
         match done.result? {
             Delivered::Committed => {
-                self.confirmed = done.outbox.commits.clone();
-                self.account(pending, done.started, done.ended).await;
+                self.account(pending, &done.outbox, done.started, done.ended)
+                    .await;
                 Ok(Settled::Committed)
             }
             Delivered::Interrupted => Ok(Settled::Interrupted),
@@ -628,21 +634,14 @@ impl Stages {
             else {
                 return Ok(Settled::Interrupted);
             };
-            let carried = stored.carried;
-            let pending = Pending {
-                carries: !carried.is_empty(),
-                tally: stored.tally,
-                times: stored.times,
-                first_received: batch.first_received,
-                span: span.clone(),
-            };
-            let again = Outbox::new(batch, stored.decisions, stored.commits, group);
-            let in_flight = self.courier.send(again, span.clone(), shutdown);
+            let carried = stored.carried.clone();
+            let Sent { in_flight, pending } =
+                self.hand_over(batch, stored, group, span.clone(), shutdown);
             let done = self.courier.received(in_flight.await)?;
             match done.result? {
                 Delivered::Committed => {
-                    self.confirmed = done.outbox.commits.clone();
-                    self.account(pending, done.started, done.ended).await;
+                    self.account(pending, &done.outbox, done.started, done.ended)
+                        .await;
                     return Ok(Settled::Redone {
                         batch: done.outbox.batch,
                         carried,
@@ -716,8 +715,15 @@ impl Stages {
         }
     }
 
-    /// Metrics, the regression watch and progress, once a batch's delivery has committed.
-    async fn account(&mut self, pending: Pending, delivery_started: Instant, delivered: Instant) {
+    /// Once a batch's delivery has committed: its decisions are forgotten with the next batch's
+    /// store; metrics, the regression watch, progress.
+    async fn account(
+        &mut self,
+        pending: Pending,
+        outbox: &Outbox,
+        delivery_started: Instant,
+        delivered: Instant,
+    ) {
         let Pending {
             carries: _,
             tally,
@@ -725,6 +731,7 @@ impl Stages {
             first_received,
             span,
         } = pending;
+        self.confirmed = outbox.commits.clone();
         let entered = span.enter();
         let verdict = self.watch.record(
             delivered,
@@ -746,7 +753,8 @@ impl Stages {
             .skipped_not_yet_started
             .inc_by(tally.not_yet_started);
         metrics.dead_lettered.inc_by(tally.dead_letters);
-        metrics.batch_size.observe(tally.events as f64);
+        let events = outbox.batch.events.len();
+        metrics.batch_size.observe(events as f64);
         let latency = delivered.saturating_duration_since(first_received);
         metrics.batch_seconds.observe(latency.as_secs_f64());
         let stages = [
@@ -762,9 +770,9 @@ impl Stages {
             metrics.observe_stage(stage, time.as_secs_f64());
         }
         tracing::debug!(
-            offsets = ?tally.ranges,
-            commits = ?tally.commits,
-            events = tally.events,
+            offsets = ?outbox.batch.ranges(),
+            commits = ?outbox.commits,
+            events,
             finished = tally.finished,
             carried = tally.carried,
             recalled = tally.recalled,
