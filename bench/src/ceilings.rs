@@ -7,20 +7,25 @@
 //!   storing the rows can cost.
 //! - Kafka: output-shaped messages (key `client_id`, the JSON value, the two guest headers the
 //!   service adds) to a fresh topic with the service's producer settings (SASL_SSL login,
-//!   transactional, idempotent, `linger.ms` 0, `retry.backoff.ms` 10, `compression.type` lz4, as the host's
-//!   `PRODUCER_DEFAULTS` and `host/src/sinks/kafka.rs` set them), one
+//!   transactional, idempotent, `linger.ms` 0, `retry.backoff.ms` 1, `compression.type` lz4, as
+//!   the host's `PRODUCER_DEFAULTS` and `host/src/sinks/kafka.rs` set them), one
 //!   transaction per batch, each waited for as the service waits (delivery reports served in 1 ms
 //!   steps, then `commit_transaction`). No consumer offsets are sent with the transaction (there
 //!   is no consumer), which the service does: one more round trip per batch.
+//! - Kafka's floor for one batch: small transactions back to back, each as the service's (the
+//!   messages, then the consumer offsets, then the commit), timed one by one. No batch of the
+//!   service can be visible sooner than its transaction takes.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::pin_mut;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 use crate::stack::Stack;
@@ -95,26 +100,8 @@ pub fn kafka(
     batch: u64,
     fan_out: u64,
 ) -> Result<f64> {
-    let timeout = Duration::from_secs(30);
-    let producer: BaseProducer = stack
-        .service_login()?
-        .set("transactional.id", format!("{tag}-ceiling"))
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "0")
-        .set("retry.backoff.ms", "10")
-        .set("compression.type", "lz4")
-        .create()
-        .context("creating the ceiling's producer")?;
-    producer.init_transactions(timeout)?;
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: GUEST_VERSION.0,
-            value: Some(GUEST_VERSION.1),
-        })
-        .insert(Header {
-            key: GUEST_SHA256.0,
-            value: Some(GUEST_SHA256.1),
-        });
+    let producer = transactional_producer(stack, &format!("{tag}-ceiling"))?;
+    let headers = guest_headers();
     // The first transaction is a warm-up (metadata, connections to the partition leaders, the
     // partitions' first AddPartitionsToTxn), left out of the rate.
     let outputs: Vec<Output> = (0..messages + batch)
@@ -126,26 +113,103 @@ pub fn kafka(
             started = Instant::now();
         }
         producer.begin_transaction()?;
-        for output in chunk {
-            let mut record = BaseRecord::to(topic)
-                .key(output.client_id.as_str())
-                .payload(output.value.as_str())
-                .headers(headers.clone());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        serve_reports(&producer);
-                    }
-                    Err((error, _)) => return Err(error).context("producing to the ceiling"),
-                }
-            }
-        }
-        await_deliveries(&producer, timeout)?;
-        producer.commit_transaction(timeout)?;
+        send(&producer, topic, chunk, &headers)?;
+        await_deliveries(&producer, TIMEOUT)?;
+        producer.commit_transaction(TIMEOUT)?;
     }
     Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The milliseconds each of `transactions` transactions of `size` messages took, sent back to
+/// back to `topic` as the service's deliver stage sends a batch: the messages, the consumer
+/// offsets of a group `tag`, then the commit. The first is a warm-up, left out.
+pub fn kafka_transactions(
+    stack: &Stack,
+    topic: &str,
+    tag: &str,
+    transactions: usize,
+    size: u64,
+    fan_out: u64,
+) -> Result<Vec<f64>> {
+    let producer = transactional_producer(stack, &format!("{tag}-floor"))?;
+    let consumer: BaseConsumer = stack
+        .service_login()?
+        .set("group.id", format!("{tag}-floor"))
+        .create()
+        .context("creating the floor's consumer")?;
+    let group = consumer
+        .group_metadata()
+        .context("the floor's consumer has no group metadata")?;
+    let headers = guest_headers();
+    let outputs: Vec<Output> = (0..size).map(|n| Output::nth(tag, n, fan_out)).collect();
+    let mut took = Vec::with_capacity(transactions);
+    for i in 0..=transactions {
+        let started = Instant::now();
+        producer.begin_transaction()?;
+        send(&producer, topic, &outputs, &headers)?;
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset(topic, 0, Offset::Offset(i as i64))?;
+        producer.send_offsets_to_transaction(&offsets, &group, TIMEOUT)?;
+        await_deliveries(&producer, TIMEOUT)?;
+        producer.commit_transaction(TIMEOUT)?;
+        if i > 0 {
+            took.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(took)
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn transactional_producer(stack: &Stack, transactional_id: &str) -> Result<BaseProducer> {
+    let producer: BaseProducer = stack
+        .service_login()?
+        .set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("retry.backoff.ms", "1")
+        .set("compression.type", "lz4")
+        .create()
+        .context("creating a transactional producer")?;
+    producer.init_transactions(TIMEOUT)?;
+    Ok(producer)
+}
+
+fn guest_headers() -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: GUEST_VERSION.0,
+            value: Some(GUEST_VERSION.1),
+        })
+        .insert(Header {
+            key: GUEST_SHA256.0,
+            value: Some(GUEST_SHA256.1),
+        })
+}
+
+fn send(
+    producer: &BaseProducer,
+    topic: &str,
+    outputs: &[Output],
+    headers: &OwnedHeaders,
+) -> Result<()> {
+    for output in outputs {
+        let mut record = BaseRecord::to(topic)
+            .key(output.client_id.as_str())
+            .payload(output.value.as_str())
+            .headers(headers.clone());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    serve_reports(producer);
+                }
+                Err((error, _)) => return Err(error).context("producing"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// As the service's sink does (`KafkaSink::await_deliveries`): the rdkafka crate's `flush` polls

@@ -5,7 +5,7 @@
 //! README's "Benchmarks" section.
 //!
 //! Knobs (environment): `BENCH_RUNS` (runs per figure, default 3), `BENCH_QUICK=1` (smoke sizes,
-//! one run), `BENCH_GUEST=0` / `BENCH_CACHE=0` (skip those parts), `BENCH_LATENCY_RATE`,
+//! one run), `BENCH_GUEST=0` / `BENCH_CACHE=0` (skip those parts), `BENCH_LATENCY_RATE`, `BENCH_LATENCY_SECONDS`,
 //! `BENCH_SATURATION_FRACTION`, `BENCH_CEILING_BATCH`, `BENCH_REPORT_DIR`; any
 //! `CAMPAIGN_PUSH__…` setting is passed on to the service.
 //!

@@ -22,6 +22,9 @@ use crate::workload::{self, Group, Layout};
 const PHASE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long the service may take from start to ready (a 10 M table loads in well under this).
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Transactions timed for Kafka's floor per batch (see [`ceilings::kafka_transactions`]).
+const FLOOR_TRANSACTIONS: usize = 300;
+
 /// The share of a latency phase's events, from its start, left out as warm-up.
 const LATENCY_WARM_UP: f64 = 0.1;
 
@@ -182,8 +185,34 @@ impl Bench<'_> {
             s.ceiling_batch,
             10,
         )?;
+        let floor_size = 20 * 10;
+        let mut floor = ceilings::kafka_transactions(
+            self.stack,
+            &ceiling_topic,
+            tag,
+            FLOOR_TRANSACTIONS,
+            floor_size,
+            10,
+        )?;
+        floor.sort_by(f64::total_cmp);
         let ceiling = pg.min(kafka);
         let r = &mut self.results;
+        let floor_how = format!(
+            "{FLOOR_TRANSACTIONS} transactions of {floor_size} messages (20 events × fan-out 10, \
+             a batch of the latency phase) back to back, each with consumer offsets, as the \
+             service's deliver stage sends them"
+        );
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            if let Some(v) = stats::quantile(&floor, q) {
+                r.record(
+                    "ceiling",
+                    &format!("Kafka alone: one small transaction, {name}"),
+                    "ms",
+                    v,
+                    &floor_how,
+                );
+            }
+        }
         r.record(
             "ceiling",
             "PostgreSQL alone: binary COPY into a subscribers_feedback-shaped table",

@@ -25,7 +25,8 @@ pub struct Settings {
     /// (`BENCH_CEILING_BATCH`, default 20,000: the service's batch of 2,000 events at fan-out 10).
     pub ceiling_outputs: u64,
     pub ceiling_batch: u64,
-    /// `BENCH_LATENCY_RATE` (default 1000) events/s with fan-out 10 for `latency_seconds`.
+    /// `BENCH_LATENCY_RATE` (default 1000) events/s with fan-out 10 for `latency_seconds`
+    /// (`BENCH_LATENCY_SECONDS`, default 30; 5 when quick).
     pub latency_rate: f64,
     pub latency_seconds: f64,
     /// The saturation phase offers this fraction (`BENCH_SATURATION_FRACTION`, default 1.0) of
@@ -92,7 +93,7 @@ impl Settings {
             )?,
             ceiling_batch: number("BENCH_CEILING_BATCH", 20_000)?.max(1),
             latency_rate: number("BENCH_LATENCY_RATE", 1_000)? as f64,
-            latency_seconds: if quick { 5.0 } else { 30.0 },
+            latency_seconds: decimal("BENCH_LATENCY_SECONDS", if quick { 5.0 } else { 30.0 })?,
             saturation_fraction: decimal("BENCH_SATURATION_FRACTION", 1.0)?,
             saturation_seconds: if quick { 5.0 } else { 20.0 },
             cache_sizes: if !flag("BENCH_CACHE", true)? {

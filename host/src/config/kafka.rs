@@ -46,15 +46,18 @@ pub const SERVICE_PROPERTIES: &[(&str, &str)] = &[
 /// - `linger.ms` 0: a batch enqueues all its messages at once and then waits for them, so lingering
 ///   only delays the last request; at 1,000 events/s it cost a small batch 5 ms and more (the
 ///   Kafka stage's median went from 27 to 12 ms with `make bench`'s latency phase).
-/// - `retry.backoff.ms` 10: a transaction that starts while the previous one's markers are being
-///   written is refused with CONCURRENT_TRANSACTIONS and retried after this backoff; librdkafka's
-///   100 ms showed as 100 ms steps in the latency tail (its p99 fell from 195 to 61 ms).
+/// - `retry.backoff.ms` 1: a transaction that starts while the previous one's markers are being
+///   written is refused with CONCURRENT_TRANSACTIONS and retried after this backoff. The markers
+///   take a few ms here, so every backoff step is waited in full: librdkafka's 100 ms showed as
+///   100 ms steps in the latency tail, and at 10 ms a small transaction took 14.5 ms where it takes
+///   6 at 1 ms (`make bench`'s "one small transaction"). Produce retries back off exponentially
+///   from it, up to `retry.backoff.max.ms`.
 /// - lz4 because a batch's messages are alike (one event's offer to many clients): the broker then
 ///   stores, and TLS encrypts, a fraction of the bytes; `make bench-pipeline` measured 28% less
 ///   time in the Kafka stage.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "0"),
-    ("retry.backoff.ms", "10"),
+    ("retry.backoff.ms", "1"),
     ("compression.type", "lz4"),
 ];
 
