@@ -272,8 +272,8 @@ fn guest_info_reports_version_hash_and_imports() {
     assert_eq!(
         imports,
         [
-            "campaign-push:transform/types@0.2.0",
-            "campaign-push:transform/subscribers@0.2.0"
+            "campaign-push:transform/types@0.3.0",
+            "campaign-push:transform/subscribers@0.3.0"
         ]
     );
 }

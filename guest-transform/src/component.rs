@@ -21,7 +21,7 @@ pub use bindings::exports::campaign_push::transform::transform::Guest;
 
 use crate::prelude::*;
 use crate::{
-    Budget, EventInput, EventOutcome, PackedStrings, Resume, SkipReason, SubscriberLookup,
+    Budget, EventInput, EventOutcome, Messages, PackedStrings, Resume, SkipReason, SubscriberLookup,
 };
 
 /// The transform as this crate defines it.
@@ -92,7 +92,7 @@ fn to_wit_outcome(outcome: EventOutcome) -> types::EventOutcome {
             },
             trigger_datetime_created: fan_out.trigger_datetime_created,
             client_ids: to_wit_packed(fan_out.client_ids),
-            messages: to_wit_packed(fan_out.messages),
+            messages: to_wit_messages(fan_out.messages),
             continue_after: fan_out.continue_after,
         }),
         EventOutcome::Skipped(SkipReason::Expired) => {
@@ -103,6 +103,15 @@ fn to_wit_outcome(outcome: EventOutcome) -> types::EventOutcome {
         }
         EventOutcome::Rejected(rejection) => types::EventOutcome::Rejected(rejection.to_string()),
         EventOutcome::Deferred => types::EventOutcome::Deferred,
+    }
+}
+
+fn to_wit_messages(messages: Messages) -> types::Messages {
+    match messages {
+        Messages::AroundClientId { prefix, suffix } => {
+            types::Messages::AroundClientId(types::MessageFrame { prefix, suffix })
+        }
+        Messages::Each(each) => types::Messages::Each(to_wit_packed(each)),
     }
 }
 

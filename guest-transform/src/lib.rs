@@ -85,6 +85,7 @@ pub mod component;
 pub use component::bindings::export_transform;
 
 pub use event::{BadEvent, Campaign, MAX_ID_BYTES};
+pub use message::Messages;
 pub use packed::PackedStrings;
 pub use transform::{
     BatchError, Budget, EventInput, EventOutcome, FanOut, LOOKUP_CHUNK, Rejection, Resume,

@@ -1,25 +1,29 @@
 //! The output message: the contract's ten fields as one JSON object per client.
 //!
 //! Everything but `client_id` is the same for all clients of a campaign, so it is serialised once
-//! per event into a template; each client then costs one copy of the template plus its id.
+//! per event into a template. A fan-out's values leave the guest as that template's text around
+//! the client id ([`Messages::AroundClientId`]) and are rendered by whoever needs them in full
+//! ([`Messages::render`]); only a fan-out with a client id that needs escaping carries every
+//! value ([`Messages::Each`]).
 
 use crate::event::Campaign;
+use crate::packed::PackedStrings;
 use crate::prelude::*;
 
 /// The serialised shared part of one campaign's messages.
 pub struct MessageTemplate {
     /// `{"restaurant_id":…,…,"trigger_datetime_created":N,"client_id":"`
-    head: Vec<u8>,
+    head: String,
 }
 
-const TAIL: &[u8] = b"\"}";
+const TAIL: &str = "\"}";
 
 impl MessageTemplate {
     pub fn new(campaign: &Campaign, trigger_datetime_created: i32) -> Self {
-        let mut head = Vec::with_capacity(
+        let mut head = String::with_capacity(
             256 + campaign.adv_campaign_content.len() + campaign.adv_campaign_owner.len(),
         );
-        head.push(b'{');
+        head.push('{');
         push_string_field(&mut head, "restaurant_id", &campaign.restaurant_id);
         push_string_field(&mut head, "adv_campaign_id", &campaign.adv_campaign_id);
         push_string_field(
@@ -53,48 +57,110 @@ impl MessageTemplate {
             "trigger_datetime_created",
             i64::from(trigger_datetime_created),
         );
-        head.extend_from_slice(b"\"client_id\":\"");
+        head.push_str("\"client_id\":\"");
         Self { head }
     }
 
-    /// The bytes one message will take for a client id of `client_id_len` bytes, barring escapes.
-    pub fn message_len(&self, client_id_len: usize) -> usize {
-        self.head.len() + client_id_len + TAIL.len()
+    /// The bytes the message for `client_id` takes.
+    pub fn message_len(&self, client_id: &str) -> usize {
+        let id_len = if needs_escape(client_id) {
+            escaped(client_id).len()
+        } else {
+            client_id.len()
+        };
+        self.head.len() + id_len + TAIL.len()
     }
 
     /// Appends the message for `client_id` to `out`.
     pub fn render_into(&self, client_id: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.head);
-        push_escaped_contents(out, client_id);
-        out.extend_from_slice(TAIL);
+        out.extend_from_slice(self.head.as_bytes());
+        if needs_escape(client_id) {
+            out.extend_from_slice(escaped(client_id).as_bytes());
+        } else {
+            out.extend_from_slice(client_id.as_bytes());
+        }
+        out.extend_from_slice(TAIL.as_bytes());
+    }
+
+    /// The values for `client_ids`: as the text around them when none needs escaping, which is
+    /// then the same for every client.
+    pub fn messages(self, client_ids: &PackedStrings) -> Messages {
+        let plain = client_ids.iter().flatten().all(|id| !needs_escape(id));
+        if plain {
+            return Messages::AroundClientId {
+                prefix: self.head,
+                suffix: TAIL.to_owned(),
+            };
+        }
+        let mut each = PackedStrings::with_capacity(client_ids.len(), 0);
+        for id in client_ids.iter().flatten() {
+            self.render_into(id, &mut each.data);
+            each.seal();
+        }
+        Messages::Each(each)
     }
 }
 
-fn push_string_field(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":\"");
-    push_escaped_contents(out, value);
-    out.extend_from_slice(b"\",");
+/// The Kafka values of a fan-out, one per client id, in client order (`messages` in
+/// `wit/transform.wit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Messages {
+    /// Value `i` is `prefix`, client id `i`, `suffix`.
+    AroundClientId { prefix: String, suffix: String },
+    /// Every value in full.
+    Each(PackedStrings),
 }
 
-fn push_integer_field(out: &mut Vec<u8>, name: &str, value: i64) {
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(value.to_string().as_bytes());
-    out.push(b',');
-}
-
-/// Appends `value` as the inside of a JSON string literal (without the quotes).
-fn push_escaped_contents(out: &mut Vec<u8>, value: &str) {
-    let needs_escape = value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
-    if !needs_escape {
-        out.extend_from_slice(value.as_bytes());
-        return;
+impl Messages {
+    /// Every value in full, one per entry of `client_ids` (an entry that is not well-formed gets
+    /// an empty value): what the host sends, for tests and tools that look at whole messages.
+    pub fn render(&self, client_ids: &PackedStrings) -> PackedStrings {
+        let (prefix, suffix) = match self {
+            Messages::Each(each) => return each.clone(),
+            Messages::AroundClientId { prefix, suffix } => (prefix, suffix),
+        };
+        let bytes = (prefix.len() + suffix.len()) * client_ids.len() + client_ids.data.len();
+        let mut values = PackedStrings::with_capacity(client_ids.len(), bytes);
+        for id in client_ids.iter() {
+            if let Some(id) = id {
+                values.data.extend_from_slice(prefix.as_bytes());
+                values.data.extend_from_slice(id.as_bytes());
+                values.data.extend_from_slice(suffix.as_bytes());
+            }
+            values.seal();
+        }
+        values
     }
+}
+
+fn push_string_field(out: &mut String, name: &str, value: &str) {
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\":\"");
+    if needs_escape(value) {
+        out.push_str(&escaped(value));
+    } else {
+        out.push_str(value);
+    }
+    out.push_str("\",");
+}
+
+fn push_integer_field(out: &mut String, name: &str, value: i64) {
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\":");
+    out.push_str(&value.to_string());
+    out.push(',');
+}
+
+fn needs_escape(value: &str) -> bool {
+    value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// `value` as the inside of a JSON string literal (without the quotes).
+fn escaped(value: &str) -> String {
     let quoted = serde_json::to_string(value).expect("serialising a str cannot fail");
-    out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+    quoted[1..quoted.len() - 1].to_owned()
 }
 
 #[cfg(test)]
@@ -143,17 +209,38 @@ mod tests {
         let template = MessageTemplate::new(&campaign(), 15);
         let mut out = Vec::new();
         template.render_into("abc", &mut out);
-        assert_eq!(out.len(), template.message_len(3));
+        assert_eq!(out.len(), template.message_len("abc"));
+        out.clear();
+        template.render_into("a\"b", &mut out);
+        assert_eq!(out.len(), template.message_len("a\"b"));
+    }
+
+    fn rendered_one_by_one(template: &MessageTemplate, ids: &[&str]) -> PackedStrings {
+        let mut values = PackedStrings::default();
+        for id in ids {
+            template.render_into(id, &mut values.data);
+            values.seal();
+        }
+        values
     }
 
     #[test]
-    fn messages_are_appended_back_to_back() {
-        let template = MessageTemplate::new(&campaign(), 15);
-        let mut out = Vec::new();
-        template.render_into("a", &mut out);
-        let first_len = out.len();
-        template.render_into("b", &mut out);
-        let second: Value = serde_json::from_slice(&out[first_len..]).unwrap();
-        assert_eq!(second["client_id"], "b");
+    fn plain_client_ids_leave_as_the_text_around_them_and_render_to_the_same_values() {
+        let ids = ["a", "bé", "c-42"];
+        let client_ids: PackedStrings = ids.into_iter().collect();
+        let messages = MessageTemplate::new(&campaign(), 15).messages(&client_ids);
+        assert!(matches!(messages, Messages::AroundClientId { .. }));
+        let want = rendered_one_by_one(&MessageTemplate::new(&campaign(), 15), &ids);
+        assert_eq!(messages.render(&client_ids), want);
+    }
+
+    #[test]
+    fn a_client_id_that_needs_escaping_makes_every_value_travel_in_full() {
+        let ids = ["a", "b\"c"];
+        let client_ids: PackedStrings = ids.into_iter().collect();
+        let messages = MessageTemplate::new(&campaign(), 15).messages(&client_ids);
+        let want = rendered_one_by_one(&MessageTemplate::new(&campaign(), 15), &ids);
+        assert_eq!(messages, Messages::Each(want.clone()));
+        assert_eq!(messages.render(&client_ids), want);
     }
 }

@@ -3,7 +3,7 @@
 use crate::prelude::*;
 
 use crate::event::{BadEvent, Campaign, parse_campaign};
-use crate::message::MessageTemplate;
+use crate::message::{MessageTemplate, Messages};
 use crate::packed::PackedStrings;
 
 /// The host's subscriber table, seen from the transform.
@@ -69,7 +69,7 @@ pub struct FanOut {
     /// Distinct client ids, in the subscribers' order; also the Kafka keys.
     pub client_ids: PackedStrings,
     /// One JSON message per client id, same order.
-    pub messages: PackedStrings,
+    pub messages: Messages,
     /// The last client reached, when the budget ended the fan-out before the restaurant's last
     /// subscriber.
     pub continue_after: Option<String>,
@@ -216,7 +216,6 @@ impl<L: SubscriberLookup> Batch<'_, L> {
             };
         let template = MessageTemplate::new(&campaign, trigger);
         let mut client_ids = PackedStrings::default();
-        let mut messages = PackedStrings::default();
         let mut reached: Option<String> = None;
         let mut after: Option<String> = event.resume.map(|resume| resume.after.to_owned());
         let stop = 'walk: loop {
@@ -241,14 +240,10 @@ impl<L: SubscriberLookup> Batch<'_, L> {
                     reached = Some(client.to_owned());
                     continue;
                 }
-                let start = messages.data.len();
-                template.render_into(client, &mut messages.data);
-                let size = (client.len() + messages.data.len() - start) as u64;
+                let size = (client.len() + template.message_len(client)) as u64;
                 if !self.admits(size) {
-                    messages.data.truncate(start);
                     break 'walk Stop::Budget;
                 }
-                messages.seal();
                 client_ids.push(client);
                 self.spent.outputs += 1;
                 self.spent.bytes += size;
@@ -271,8 +266,8 @@ impl<L: SubscriberLookup> Batch<'_, L> {
             stop => EventOutcome::FanOut(FanOut {
                 campaign,
                 trigger_datetime_created: trigger,
+                messages: template.messages(&client_ids),
                 client_ids,
-                messages,
                 continue_after: match stop {
                     Stop::Budget => reached,
                     _ => None,

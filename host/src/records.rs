@@ -1,7 +1,11 @@
 //! The records both sinks receive, derived from one guest fan-out without recomputing anything:
 //! a Kafka message (key = client id) and a `subscribers_feedback` row per client.
 
-use guest_transform::{Campaign, FanOut};
+use std::borrow::Cow;
+
+use guest_transform::{Campaign, Messages};
+
+use crate::guest::FanOut;
 use serde::Serialize;
 
 /// Header names on output and dead-letter messages.
@@ -28,7 +32,64 @@ pub mod headers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message<'a> {
     pub key: &'a str,
-    pub value: &'a str,
+    pub value: Value<'a>,
+}
+
+/// A message's value: in full, or as the text around its key, which all the messages of a
+/// fan-out share (see `messages` in `wit/transform.wit`). A framed value is rendered only where
+/// its bytes are needed, into the producer's buffer, instead of once per client in the guest and
+/// copied from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Full(&'a str),
+    AroundKey(Frame<'a>),
+}
+
+/// The text before and after the key in a framed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub prefix: &'a str,
+    pub suffix: &'a str,
+}
+
+impl Frame<'_> {
+    /// The same text, found without comparing it when both borrow it from the same place.
+    pub fn same_text(&self, other: &Frame<'_>) -> bool {
+        (std::ptr::eq(self.prefix, other.prefix) && std::ptr::eq(self.suffix, other.suffix))
+            || (self.prefix == other.prefix && self.suffix == other.suffix)
+    }
+}
+
+impl<'a> Message<'a> {
+    /// The value's length in bytes.
+    pub fn value_len(&self) -> usize {
+        match self.value {
+            Value::Full(value) => value.len(),
+            Value::AroundKey(frame) => frame.prefix.len() + self.key.len() + frame.suffix.len(),
+        }
+    }
+
+    /// The value, rendered into `scratch` if it is framed.
+    pub fn value_in<'s>(&'s self, scratch: &'s mut String) -> &'s str {
+        match self.value {
+            Value::Full(value) => value,
+            Value::AroundKey(frame) => {
+                scratch.clear();
+                scratch.push_str(frame.prefix);
+                scratch.push_str(self.key);
+                scratch.push_str(frame.suffix);
+                scratch
+            }
+        }
+    }
+
+    /// The value in full.
+    pub fn value(&self) -> Cow<'a, str> {
+        match self.value {
+            Value::Full(value) => Cow::Borrowed(value),
+            Value::AroundKey(frame) => Cow::Owned([frame.prefix, self.key, frame.suffix].concat()),
+        }
+    }
 }
 
 /// One `subscribers_feedback` row without its `id` (the sequence assigns it) and with `feedback`
@@ -53,12 +114,15 @@ pub struct FeedbackRow<'a> {
 /// Relies on the fan-out having been checked at the boundary (see `guest::Outcome`): entries that
 /// are not well-formed would be skipped here, and that check rejects such fan-outs first.
 pub fn messages(fan_out: &FanOut) -> impl Iterator<Item = Message<'_>> {
-    fan_out
-        .client_ids
-        .iter()
-        .flatten()
-        .zip(fan_out.messages.iter().flatten())
-        .map(|(key, value)| Message { key, value })
+    let keys = fan_out.client_ids.iter().flatten();
+    let values: Box<dyn Iterator<Item = Value<'_>>> = match &fan_out.messages {
+        Messages::AroundClientId { prefix, suffix } => {
+            let frame = Frame { prefix, suffix };
+            Box::new(std::iter::repeat(Value::AroundKey(frame)))
+        }
+        Messages::Each(each) => Box::new(each.iter().flatten().map(Value::Full)),
+    };
+    keys.zip(values).map(|(key, value)| Message { key, value })
 }
 
 /// The feedback rows of a fan-out, in client order.

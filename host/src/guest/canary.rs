@@ -96,9 +96,10 @@ pub fn check(guest: &LoadedGuest) -> Result<(), String> {
             &CLIENTS[..2]
         ));
     }
-    for (client, message) in clients.iter().zip(fan_out.messages.iter().flatten()) {
+    for (client, message) in clients.iter().zip(crate::records::messages(fan_out)) {
+        let message = message.value();
         let value: serde_json::Value =
-            serde_json::from_str(message).map_err(|e| format!("a message is not JSON: {e}"))?;
+            serde_json::from_str(&message).map_err(|e| format!("a message is not JSON: {e}"))?;
         let fields = value.as_object().ok_or("a message is not a JSON object")?;
         if fields.len() != OUTPUT_FIELDS.len()
             || !OUTPUT_FIELDS.iter().all(|f| fields.contains_key(*f))

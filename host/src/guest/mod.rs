@@ -23,7 +23,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, Was
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::{Budget, InputEvent, ResumePoint};
-pub use outcome::Outcome;
+pub use outcome::{FanOut, Outcome};
 pub use slot::GuestSlot;
 
 use bindings::{CampaignTransform, CampaignTransformPre, types as wit};

@@ -121,7 +121,8 @@ fn print_outcome(
                 },
             )?;
             for message in records::messages(fan_out) {
-                let value: &RawValue = serde_json::from_str(message.value).with_context(|| {
+                let text = message.value();
+                let value: &RawValue = serde_json::from_str(&text).with_context(|| {
                     format!("event {index}: the guest produced a message that is not JSON")
                 })?;
                 let line = Line::Message {

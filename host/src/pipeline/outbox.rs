@@ -13,7 +13,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use super::Batch;
 use crate::guest::GuestIdentity;
 use crate::plan::{Commit, Decision, Position};
-use crate::records::Message;
+use crate::records::{Frame, Message, Value};
 
 /// Everything the deliver stage sends for one batch, owned.
 pub struct Outbox {
@@ -29,11 +29,21 @@ pub struct Outbox {
 /// Decisions without their records, which the batch holds.
 pub struct Packed {
     guests: Vec<GuestIdentity>,
-    /// Every message's key and value, one after the other.
+    /// Every message's key and value (a decision's frame once), one after the other.
     text: String,
     /// Per message, where its key and its value are in `text`.
-    messages: Vec<(Range<usize>, Range<usize>)>,
+    messages: Vec<(Range<usize>, PackedValue)>,
     entries: Vec<Entry>,
+}
+
+/// Where a message's value is in [`Packed::text`].
+#[derive(Clone)]
+enum PackedValue {
+    Full(Range<usize>),
+    AroundKey {
+        prefix: Range<usize>,
+        suffix: Range<usize>,
+    },
 }
 
 struct Entry {
@@ -53,7 +63,10 @@ impl Packed {
         let bytes: usize = decisions
             .iter()
             .flat_map(|d| &d.messages)
-            .map(|m| m.key.len() + m.value.len())
+            .map(|m| match m.value {
+                Value::Full(value) => m.key.len() + value.len(),
+                Value::AroundKey(_) => m.key.len(),
+            })
             .sum();
         let count: usize = decisions.iter().map(|d| d.messages.len()).sum();
         let mut packed = Self {
@@ -71,9 +84,24 @@ impl Packed {
                 }
             };
             let first = packed.messages.len();
+            // A fan-out's messages share one frame: copied once, not once per message.
+            let mut last_frame: Option<(Frame<'_>, PackedValue)> = None;
             for message in &decision.messages {
                 let key = packed.push(message.key);
-                let value = packed.push(message.value);
+                let value = match message.value {
+                    Value::Full(value) => PackedValue::Full(packed.push(value)),
+                    Value::AroundKey(frame) => match &last_frame {
+                        Some((last, value)) if last.same_text(&frame) => value.clone(),
+                        _ => {
+                            let value = PackedValue::AroundKey {
+                                prefix: packed.push(frame.prefix),
+                                suffix: packed.push(frame.suffix),
+                            };
+                            last_frame = Some((frame, value.clone()));
+                            value
+                        }
+                    },
+                };
                 packed.messages.push((key, value));
             }
             packed.entries.push(Entry {
@@ -137,7 +165,13 @@ impl Packed {
                     .iter()
                     .map(|(key, value)| Message {
                         key: &self.text[key.clone()],
-                        value: &self.text[value.clone()],
+                        value: match value {
+                            PackedValue::Full(value) => Value::Full(&self.text[value.clone()]),
+                            PackedValue::AroundKey { prefix, suffix } => Value::AroundKey(Frame {
+                                prefix: &self.text[prefix.clone()],
+                                suffix: &self.text[suffix.clone()],
+                            }),
+                        },
                     })
                     .collect(),
                 dead_letter: entry.dead_letter.as_deref().map(Into::into),
@@ -187,6 +221,10 @@ mod tests {
                 sha256: "b".repeat(64),
             },
         );
+        let frame = Frame {
+            prefix: "{\"client_id\":\"",
+            suffix: "\"}",
+        };
         let decisions = vec![
             Decision {
                 source: positions[0],
@@ -197,11 +235,15 @@ mod tests {
                 messages: vec![
                     Message {
                         key: "c1",
-                        value: "{\"client_id\":\"c1\"}",
+                        value: Value::Full("{\"client_id\":\"c1\"}"),
                     },
                     Message {
                         key: "c2",
-                        value: "{\"client_id\":\"c2\"}",
+                        value: Value::AroundKey(frame),
+                    },
+                    Message {
+                        key: "c3",
+                        value: Value::AroundKey(frame),
                     },
                 ],
                 dead_letter: None,
@@ -217,6 +259,20 @@ mod tests {
             },
         ];
         let packed = Packed::new(&decisions);
+        // The frame shared by two messages is copied once.
+        assert_eq!(
+            packed.text.len(),
+            [
+                "c1",
+                "{\"client_id\":\"c1\"}",
+                "c2",
+                frame.prefix,
+                frame.suffix,
+                "c3"
+            ]
+            .concat()
+            .len()
+        );
         let batch = Batch {
             events: events.clone(),
             positions: positions.clone(),

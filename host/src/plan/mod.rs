@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 use guest_transform::SkipReason;
 
 use crate::guest::{GuestIdentity, InputEvent, Outcome, ResumePoint};
-use crate::records::{self, FeedbackRow, Message};
+use crate::records::{self, FeedbackRow, Message, Value};
 
 /// Where an input record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,7 +131,10 @@ impl StoredDecision {
                 .keys
                 .iter()
                 .zip(&self.values)
-                .map(|(key, value)| Message { key, value })
+                .map(|(key, value)| Message {
+                    key,
+                    value: Value::Full(value),
+                })
                 .collect(),
             dead_letter: self.dead_letter.as_deref().map(Cow::Borrowed),
         }
@@ -427,9 +430,9 @@ fn decide<'a>(
 }
 
 /// Why a fan-out cannot be delivered, if it cannot.
-fn oversize(fan_out: &guest_transform::FanOut, limits: Limits, headers: usize) -> Option<String> {
+fn oversize(fan_out: &crate::guest::FanOut, limits: Limits, headers: usize) -> Option<String> {
     let largest = records::messages(fan_out)
-        .map(|message| message.key.len() + message.value.len())
+        .map(|message| message.key.len() + message.value_len())
         .max()
         .unwrap_or(0);
     (largest + headers > limits.max_message_bytes).then(|| {

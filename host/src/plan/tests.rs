@@ -1,5 +1,7 @@
 use super::*;
-use guest_transform::{Campaign, FanOut, PackedStrings};
+use guest_transform::{Campaign, Messages, PackedStrings};
+
+use crate::guest::FanOut;
 
 fn fan_out(campaign: &str, clients: &[&str]) -> Outcome {
     let campaign = Campaign {
@@ -17,13 +19,15 @@ fn fan_out(campaign: &str, clients: &[&str]) -> Outcome {
         trigger_datetime_created: 2,
         client_ids: clients.iter().copied().collect(),
         continue_after: None,
-        messages: clients
-            .iter()
-            .map(|c| format!("{{\"client_id\":\"{c}\"}}"))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect::<PackedStrings>(),
+        messages: Messages::Each(
+            clients
+                .iter()
+                .map(|c| format!("{{\"client_id\":\"{c}\"}}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect::<PackedStrings>(),
+        ),
     })
 }
 
@@ -163,7 +167,10 @@ fn a_recalled_record_keeps_its_stored_decision_and_takes_no_outcome() {
     match &plan.records[0] {
         Planned::Recalled(decision) => {
             assert_eq!(decision.guest.version, "v0");
-            assert_eq!(decision.messages[0].value, "{\"stored\":\"x\"}");
+            assert_eq!(
+                decision.messages[0].value,
+                Value::Full("{\"stored\":\"x\"}")
+            );
             assert_eq!(decision.input.value, b"a");
         }
         Planned::New(_) => panic!("the stored decision must be used"),

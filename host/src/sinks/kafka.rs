@@ -250,6 +250,8 @@ impl KafkaSink {
         group: &ConsumerGroupMetadata,
     ) -> Result<(), SinkError> {
         let mut guest_headers = GuestHeaders::default();
+        // Where a framed value is rendered: librdkafka copies the payload when it is enqueued.
+        let mut scratch = String::new();
         for (index, decision) in decisions.iter().enumerate() {
             // Dead letters carry them too: a guest's rejections (or a regressed guest's, after
             // its rollback) can be found and replayed by version.
@@ -257,7 +259,7 @@ impl KafkaSink {
             for message in &decision.messages {
                 let record = BaseRecord::with_opaque_to(&self.topics.output, index)
                     .key(message.key)
-                    .payload(message.value)
+                    .payload(message.value_in(&mut scratch))
                     .headers(headers.clone());
                 self.enqueue(record)?;
             }

@@ -245,13 +245,13 @@ mod tests {
     use super::*;
     use crate::guest::InputEvent;
     use crate::plan::{Delivery, Position, Verdict};
-    use crate::records::{FeedbackRow, Message};
+    use crate::records::{FeedbackRow, Message, Value};
 
     fn delivery<'a>(campaign: &'a str, client: &'a str) -> Delivery<'a> {
         Delivery {
             message: Message {
                 key: client,
-                value: "{}",
+                value: Value::Full("{}"),
             },
             row: FeedbackRow {
                 restaurant_id: "r",

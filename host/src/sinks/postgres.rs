@@ -7,6 +7,7 @@
 //! `003_decisions`). Once that commits, the record is decided: [`recall`] gives the decision back
 //! to any later attempt, and [`forget_committed`] deletes it when Kafka has committed it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::pin::pin;
 
@@ -193,7 +194,7 @@ pub async fn undeliverable(
     let campaign = decision
         .messages
         .first()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m.value).ok())
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(&m.value()).ok())
         .and_then(|value| value["adv_campaign_id"].as_str().map(str::to_owned));
     let trigger = i32::try_from(decision.decided_at).unwrap_or_default();
     let part = i32::try_from(decision.part).expect("fewer than 2^31 parts");
@@ -339,9 +340,9 @@ async fn decide<'a>(
             .map(|reason| reason.replace('\0', "\\u0000"));
         let keys: Vec<&str> = decision.messages.iter().map(|m| m.key).collect();
         let template = Template::of(&decision.messages);
-        let values: Vec<&str> = match template {
+        let values: Vec<Cow<'_, str>> = match template {
             Some(_) => Vec::new(),
-            None => decision.messages.iter().map(|m| m.value).collect(),
+            None => decision.messages.iter().map(|m| m.value()).collect(),
         };
         let template = template.map(|t| vec![t.prefix, t.suffix]);
         let part = i32::try_from(candidate.part).expect("fewer than 2^31 parts");

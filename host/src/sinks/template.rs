@@ -6,7 +6,7 @@
 //! the values it was taken from; a decision whose messages do not fit one template keeps its
 //! values.
 
-use crate::records::Message;
+use crate::records::{Message, Value};
 
 /// The text before and after the key, shared by every value of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +20,26 @@ impl<'a> Template<'a> {
     /// value is taken as its place.
     pub fn of(messages: &[Message<'a>]) -> Option<Self> {
         let first = messages.first()?;
+        let value = match first.value {
+            // The guest sent them as one frame: nothing to check.
+            Value::AroundKey(frame) => {
+                return messages
+                    .iter()
+                    .all(|message| message.value == first.value)
+                    .then_some(Template {
+                        prefix: frame.prefix,
+                        suffix: frame.suffix,
+                    });
+            }
+            Value::Full(value) => value,
+        };
         if first.key.is_empty() {
             return None;
         }
-        let at = first.value.rfind(first.key)?;
+        let at = value.rfind(first.key)?;
         let template = Template {
-            prefix: &first.value[..at],
-            suffix: &first.value[at + first.key.len()..],
+            prefix: &value[..at],
+            suffix: &value[at + first.key.len()..],
         };
         messages
             .iter()
@@ -35,7 +48,9 @@ impl<'a> Template<'a> {
     }
 
     fn renders(&self, message: &Message<'_>) -> bool {
-        let value = message.value;
+        let Value::Full(value) = message.value else {
+            return false;
+        };
         value.len() == self.prefix.len() + message.key.len() + self.suffix.len()
             && value.starts_with(self.prefix)
             && value.ends_with(self.suffix)
@@ -59,11 +74,15 @@ pub fn render(prefix: &str, suffix: &str, keys: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::Frame;
 
     fn messages<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Message<'a>> {
         pairs
             .iter()
-            .map(|&(key, value)| Message { key, value })
+            .map(|&(key, value)| Message {
+                key,
+                value: Value::Full(value),
+            })
             .collect()
     }
 
@@ -82,6 +101,35 @@ mod tests {
         let keys: Vec<String> = values.iter().map(|(k, _)| k.to_string()).collect();
         let rendered = render(template.prefix, template.suffix, &keys);
         assert_eq!(rendered, values.map(|(_, v)| v.to_owned()));
+    }
+
+    #[test]
+    fn messages_framed_by_the_guest_are_their_frame() {
+        let frame = Frame {
+            prefix: "{\"client_id\":\"",
+            suffix: "\"}",
+        };
+        let framed = |key| Message {
+            key,
+            value: Value::AroundKey(frame),
+        };
+        let template = Template::of(&[framed("a"), framed("b")]).unwrap();
+        assert_eq!(
+            (template.prefix, template.suffix),
+            (frame.prefix, frame.suffix)
+        );
+        let other = Frame {
+            prefix: "<",
+            suffix: ">",
+        };
+        let mixed = [
+            framed("a"),
+            Message {
+                key: "b",
+                value: Value::AroundKey(other),
+            },
+        ];
+        assert_eq!(Template::of(&mixed), None);
     }
 
     #[test]
