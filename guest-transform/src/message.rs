@@ -112,6 +112,17 @@ pub enum Messages {
 }
 
 impl Messages {
+    /// The bytes of the values in full, for `client_ids` (the fan-out's): what a batch's budget
+    /// counts.
+    pub fn bytes(&self, client_ids: &PackedStrings) -> usize {
+        match self {
+            Messages::AroundClientId { prefix, suffix } => {
+                (prefix.len() + suffix.len()) * client_ids.len() + client_ids.data.len()
+            }
+            Messages::Each(each) => each.data.len(),
+        }
+    }
+
     /// Every value in full, one per entry of `client_ids` (an entry that is not well-formed gets
     /// an empty value): what the host sends, for tests and tools that look at whole messages.
     pub fn render(&self, client_ids: &PackedStrings) -> PackedStrings {
@@ -119,8 +130,7 @@ impl Messages {
             Messages::Each(each) => return each.clone(),
             Messages::AroundClientId { prefix, suffix } => (prefix, suffix),
         };
-        let bytes = (prefix.len() + suffix.len()) * client_ids.len() + client_ids.data.len();
-        let mut values = PackedStrings::with_capacity(client_ids.len(), bytes);
+        let mut values = PackedStrings::with_capacity(client_ids.len(), self.bytes(client_ids));
         for id in client_ids.iter() {
             if let Some(id) = id {
                 values.data.extend_from_slice(prefix.as_bytes());
@@ -232,6 +242,7 @@ mod tests {
         assert!(matches!(messages, Messages::AroundClientId { .. }));
         let want = rendered_one_by_one(&MessageTemplate::new(&campaign(), 15), &ids);
         assert_eq!(messages.render(&client_ids), want);
+        assert_eq!(messages.bytes(&client_ids), want.data.len());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The host's view of what the guest made of each event, independent of how it was computed
 //! (through the Wasm component, or natively in benchmarks).
 
+pub use guest_transform::FanOut;
 use guest_transform::{Campaign, Messages, PackedStrings, SkipReason};
 
 use super::bindings::types as wit;
@@ -21,42 +22,10 @@ pub enum Outcome {
     Deferred,
 }
 
-/// A fan-out as the host uses it: the guest's, checked (see [`Outcome::fan_out`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FanOut {
-    pub campaign: Campaign,
-    pub trigger_datetime_created: i32,
-    /// Distinct client ids, in the subscribers' order; also the Kafka keys.
-    pub client_ids: PackedStrings,
-    /// One JSON message per client id, same order, in full or as the text around each id.
-    pub messages: Messages,
-    /// The last client reached, when the budget ended the fan-out before the restaurant's last
-    /// subscriber.
-    pub continue_after: Option<String>,
-}
-
-impl FanOut {
-    /// The bytes of its messages in full, as the guest counts them against a batch's budget.
-    pub fn message_bytes(&self) -> usize {
-        match &self.messages {
-            Messages::AroundClientId { prefix, suffix } => {
-                (prefix.len() + suffix.len()) * self.client_ids.len() + self.client_ids.data.len()
-            }
-            Messages::Each(each) => each.data.len(),
-        }
-    }
-}
-
 impl From<guest_transform::EventOutcome> for Outcome {
     fn from(outcome: guest_transform::EventOutcome) -> Self {
         match outcome {
-            guest_transform::EventOutcome::FanOut(fan_out) => Outcome::fan_out(
-                fan_out.campaign,
-                fan_out.trigger_datetime_created,
-                fan_out.client_ids,
-                fan_out.messages,
-                fan_out.continue_after,
-            ),
+            guest_transform::EventOutcome::FanOut(fan_out) => Outcome::fan_out(fan_out),
             guest_transform::EventOutcome::Skipped(reason) => Outcome::Skipped(reason),
             guest_transform::EventOutcome::Rejected(rejection) => {
                 Outcome::Rejected(rejection.to_string())
@@ -70,20 +39,7 @@ impl Outcome {
     /// A fan-out, checking what the host relies on later: as many messages as client ids, and
     /// every entry well-formed UTF-8. A guest that breaks this gets the event dead-lettered
     /// instead of crashing a sink.
-    fn fan_out(
-        campaign: Campaign,
-        trigger_datetime_created: i32,
-        client_ids: PackedStrings,
-        messages: Messages,
-        continue_after: Option<String>,
-    ) -> Self {
-        let fan_out = FanOut {
-            campaign,
-            trigger_datetime_created,
-            client_ids,
-            messages,
-            continue_after,
-        };
+    fn fan_out(fan_out: FanOut) -> Self {
         match malformation(&fan_out) {
             None => Outcome::FanOut(fan_out),
             Some(problem) => {
@@ -95,8 +51,8 @@ impl Outcome {
     /// Converts what crossed the boundary; see [`Outcome::fan_out`] for the checks.
     pub(super) fn from_wit(outcome: wit::EventOutcome) -> Self {
         match outcome {
-            wit::EventOutcome::FanOut(fan_out) => Outcome::fan_out(
-                Campaign {
+            wit::EventOutcome::FanOut(fan_out) => Outcome::fan_out(FanOut {
+                campaign: Campaign {
                     restaurant_id: fan_out.campaign.restaurant_id,
                     adv_campaign_id: fan_out.campaign.adv_campaign_id,
                     adv_campaign_content: fan_out.campaign.adv_campaign_content,
@@ -106,17 +62,17 @@ impl Outcome {
                     adv_campaign_datetime_end: fan_out.campaign.adv_campaign_datetime_end,
                     datetime_created: fan_out.campaign.datetime_created,
                 },
-                fan_out.trigger_datetime_created,
-                from_wit_packed(fan_out.client_ids),
-                match fan_out.messages {
+                trigger_datetime_created: fan_out.trigger_datetime_created,
+                client_ids: from_wit_packed(fan_out.client_ids),
+                messages: match fan_out.messages {
                     wit::Messages::AroundClientId(frame) => Messages::AroundClientId {
                         prefix: frame.prefix,
                         suffix: frame.suffix,
                     },
                     wit::Messages::Each(each) => Messages::Each(from_wit_packed(each)),
                 },
-                fan_out.continue_after,
-            ),
+                continue_after: fan_out.continue_after,
+            }),
             wit::EventOutcome::Skipped(wit::SkipReason::Expired) => {
                 Outcome::Skipped(SkipReason::Expired)
             }

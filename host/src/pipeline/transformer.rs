@@ -156,7 +156,7 @@ fn remaining_after(budget: Budget, outcomes: &[Outcome]) -> Budget {
         .fold((0usize, 0usize), |(outputs, bytes), fan_out| {
             (
                 outputs + fan_out.client_ids.len(),
-                bytes + fan_out.client_ids.data.len() + fan_out.message_bytes(),
+                bytes + fan_out.client_ids.data.len() + fan_out.messages.bytes(&fan_out.client_ids),
             )
         });
     Budget {
