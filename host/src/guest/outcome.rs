@@ -125,3 +125,69 @@ pub(super) fn to_wit_packed(packed: PackedStrings) -> wit::PackedStrings {
         ends: packed.ends,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fan_out(client_ids: PackedStrings, messages: Messages) -> FanOut {
+        FanOut {
+            campaign: Campaign {
+                restaurant_id: "r".into(),
+                adv_campaign_id: "c".into(),
+                adv_campaign_content: "x".into(),
+                adv_campaign_owner: "o".into(),
+                adv_campaign_owner_contact: "e".into(),
+                adv_campaign_datetime_start: 1,
+                adv_campaign_datetime_end: 2,
+                datetime_created: 1,
+            },
+            trigger_datetime_created: 2,
+            client_ids,
+            messages,
+            continue_after: None,
+        }
+    }
+
+    fn frame() -> Messages {
+        Messages::AroundClientId {
+            prefix: "{\"client_id\":\"".into(),
+            suffix: "\"}".into(),
+        }
+    }
+
+    fn rejection(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Rejected(reason) => reason,
+            other => panic!("not rejected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn text_around_well_formed_client_ids_is_a_fan_out() {
+        let ids: PackedStrings = ["a", "b"].into_iter().collect();
+        let outcome = Outcome::fan_out(fan_out(ids, frame()));
+        assert!(matches!(outcome, Outcome::FanOut(_)));
+    }
+
+    #[test]
+    fn a_client_id_that_is_not_utf8_is_refused_whatever_the_messages() {
+        let ids = PackedStrings {
+            data: vec![b'a', 0xff],
+            ends: vec![1, 2],
+        };
+        let reason = rejection(Outcome::fan_out(fan_out(ids, frame())));
+        assert!(
+            reason.contains("a client id is out of bounds or not UTF-8"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn messages_sent_in_full_must_be_one_per_client_id() {
+        let ids: PackedStrings = ["a", "b"].into_iter().collect();
+        let one: PackedStrings = ["{}"].into_iter().collect();
+        let reason = rejection(Outcome::fan_out(fan_out(ids, Messages::Each(one))));
+        assert!(reason.contains("counts differ"), "{reason}");
+    }
+}
