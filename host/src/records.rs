@@ -58,6 +58,25 @@ impl Frame<'_> {
         (std::ptr::eq(self.prefix, other.prefix) && std::ptr::eq(self.suffix, other.suffix))
             || (self.prefix == other.prefix && self.suffix == other.suffix)
     }
+
+    /// The length of the value for `key`.
+    pub fn len_with(&self, key: &str) -> usize {
+        self.prefix.len() + key.len() + self.suffix.len()
+    }
+
+    /// Appends the value for `key` to `out`.
+    pub fn render_into(&self, key: &str, out: &mut String) {
+        out.push_str(self.prefix);
+        out.push_str(key);
+        out.push_str(self.suffix);
+    }
+
+    /// The value for `key`.
+    pub fn render(&self, key: &str) -> String {
+        let mut value = String::with_capacity(self.len_with(key));
+        self.render_into(key, &mut value);
+        value
+    }
 }
 
 impl<'a> Message<'a> {
@@ -65,7 +84,7 @@ impl<'a> Message<'a> {
     pub fn value_len(&self) -> usize {
         match self.value {
             Value::Full(value) => value.len(),
-            Value::AroundKey(frame) => frame.prefix.len() + self.key.len() + frame.suffix.len(),
+            Value::AroundKey(frame) => frame.len_with(self.key),
         }
     }
 
@@ -75,9 +94,7 @@ impl<'a> Message<'a> {
             Value::Full(value) => value,
             Value::AroundKey(frame) => {
                 scratch.clear();
-                scratch.push_str(frame.prefix);
-                scratch.push_str(self.key);
-                scratch.push_str(frame.suffix);
+                frame.render_into(self.key, scratch);
                 scratch
             }
         }
@@ -87,7 +104,7 @@ impl<'a> Message<'a> {
     pub fn value(&self) -> Cow<'a, str> {
         match self.value {
             Value::Full(value) => Cow::Borrowed(value),
-            Value::AroundKey(frame) => Cow::Owned([frame.prefix, self.key, frame.suffix].concat()),
+            Value::AroundKey(frame) => Cow::Owned(frame.render(self.key)),
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient};
 
-use super::template::{self, Template};
+use super::template;
 use super::{SinkError, ledger};
 use crate::guest::GuestIdentity;
 use crate::plan::{Candidate, Commit, Decision, Position, StoredDecision};
@@ -339,7 +339,7 @@ async fn decide<'a>(
             .as_deref()
             .map(|reason| reason.replace('\0', "\\u0000"));
         let keys: Vec<&str> = decision.messages.iter().map(|m| m.key).collect();
-        let template = Template::of(&decision.messages);
+        let template = template::of(&decision.messages);
         let values: Vec<Cow<'_, str>> = match template {
             Some(_) => Vec::new(),
             None => decision.messages.iter().map(|m| m.value()).collect(),

@@ -6,75 +6,59 @@
 //! the values it was taken from; a decision whose messages do not fit one template keeps its
 //! values.
 
-use crate::records::{Message, Value};
+use crate::records::{Frame, Message, Value};
 
-/// The text before and after the key, shared by every value of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Template<'a> {
-    pub prefix: &'a str,
-    pub suffix: &'a str,
+/// The text before and after the key that every value of `messages` shares, if they share one;
+/// in a value the transform rendered in full, the key's last occurrence in the first value is
+/// taken as its place.
+pub fn of<'a>(messages: &[Message<'a>]) -> Option<Frame<'a>> {
+    let first = messages.first()?;
+    let value = match first.value {
+        // The guest sent them as one frame: nothing to check but that they share it.
+        Value::AroundKey(frame) => {
+            return messages
+                .iter()
+                .all(|message| {
+                    matches!(message.value, Value::AroundKey(other) if other.same_text(&frame))
+                })
+                .then_some(frame);
+        }
+        Value::Full(value) => value,
+    };
+    if first.key.is_empty() {
+        return None;
+    }
+    let at = value.rfind(first.key)?;
+    let frame = Frame {
+        prefix: &value[..at],
+        suffix: &value[at + first.key.len()..],
+    };
+    messages
+        .iter()
+        .all(|message| renders(&frame, message))
+        .then_some(frame)
 }
 
-impl<'a> Template<'a> {
-    /// The template of `messages`, if they share one; the key's last occurrence in the first
-    /// value is taken as its place.
-    pub fn of(messages: &[Message<'a>]) -> Option<Self> {
-        let first = messages.first()?;
-        let value = match first.value {
-            // The guest sent them as one frame: nothing to check.
-            Value::AroundKey(frame) => {
-                return messages
-                    .iter()
-                    .all(|message| message.value == first.value)
-                    .then_some(Template {
-                        prefix: frame.prefix,
-                        suffix: frame.suffix,
-                    });
-            }
-            Value::Full(value) => value,
-        };
-        if first.key.is_empty() {
-            return None;
-        }
-        let at = value.rfind(first.key)?;
-        let template = Template {
-            prefix: &value[..at],
-            suffix: &value[at + first.key.len()..],
-        };
-        messages
-            .iter()
-            .all(|message| template.renders(message))
-            .then_some(template)
-    }
-
-    fn renders(&self, message: &Message<'_>) -> bool {
-        let Value::Full(value) = message.value else {
-            return false;
-        };
-        value.len() == self.prefix.len() + message.key.len() + self.suffix.len()
-            && value.starts_with(self.prefix)
-            && value.ends_with(self.suffix)
-            && value[self.prefix.len()..value.len() - self.suffix.len()] == *message.key
-    }
+/// Whether `message` is a value in full that `frame` gives back for its key.
+fn renders(frame: &Frame<'_>, message: &Message<'_>) -> bool {
+    let Value::Full(value) = message.value else {
+        return false;
+    };
+    value.len() == frame.len_with(message.key)
+        && value.starts_with(frame.prefix)
+        && value.ends_with(frame.suffix)
+        && value[frame.prefix.len()..value.len() - frame.suffix.len()] == *message.key
 }
 
 /// The values of a decision stored with `prefix` and `suffix`, one per key.
 pub fn render(prefix: &str, suffix: &str, keys: &[String]) -> Vec<String> {
-    keys.iter()
-        .map(|key| {
-            let mut value = String::with_capacity(prefix.len() + key.len() + suffix.len());
-            value.push_str(prefix);
-            value.push_str(key);
-            value.push_str(suffix);
-            value
-        })
-        .collect()
+    let frame = Frame { prefix, suffix };
+    keys.iter().map(|key| frame.render(key)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::Frame;
 
     fn messages<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Message<'a>> {
         pairs
@@ -94,7 +78,7 @@ mod tests {
             ("é", r#"{"restaurant_id":"c1x","client_id":"é","t":5}"#),
         ];
         let stored = messages(&values);
-        let template = Template::of(&stored).unwrap();
+        let template = of(&stored).unwrap();
         // The last occurrence: the restaurant id also holds the first key.
         assert_eq!(template.prefix, r#"{"restaurant_id":"c1x","client_id":""#);
         assert_eq!(template.suffix, r#"","t":5}"#);
@@ -113,11 +97,7 @@ mod tests {
             key,
             value: Value::AroundKey(frame),
         };
-        let template = Template::of(&[framed("a"), framed("b")]).unwrap();
-        assert_eq!(
-            (template.prefix, template.suffix),
-            (frame.prefix, frame.suffix)
-        );
+        assert_eq!(of(&[framed("a"), framed("b")]), Some(frame));
         let other = Frame {
             prefix: "<",
             suffix: ">",
@@ -129,20 +109,20 @@ mod tests {
                 value: Value::AroundKey(other),
             },
         ];
-        assert_eq!(Template::of(&mixed), None);
+        assert_eq!(of(&mixed), None);
     }
 
     #[test]
     fn messages_that_differ_elsewhere_keep_their_values() {
-        assert_eq!(Template::of(&[]), None);
+        assert_eq!(of(&[]), None);
         let other_field = messages(&[("a", "{a,1}"), ("b", "{b,2}")]);
-        assert_eq!(Template::of(&other_field), None);
+        assert_eq!(of(&other_field), None);
         let key_absent = messages(&[("a", "{a}"), ("b", "{c}")]);
-        assert_eq!(Template::of(&key_absent), None);
+        assert_eq!(of(&key_absent), None);
         let empty_key = messages(&[("", "{}"), ("", "{}")]);
-        assert_eq!(Template::of(&empty_key), None);
+        assert_eq!(of(&empty_key), None);
         // Same lengths and ends, another middle.
         let middle = messages(&[("ab", "<ab>"), ("cd", "<ce>")]);
-        assert_eq!(Template::of(&middle), None);
+        assert_eq!(of(&middle), None);
     }
 }
