@@ -23,6 +23,8 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, Was
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::{Budget, InputEvent, ResumePoint};
+#[cfg(test)]
+pub(crate) use outcome::test_fan_out;
 pub use outcome::{FanOut, Outcome};
 pub use slot::GuestSlot;
 

@@ -126,27 +126,38 @@ pub(super) fn to_wit_packed(packed: PackedStrings) -> wit::PackedStrings {
     }
 }
 
+/// A fan-out of campaign `campaign` to `client_ids` with `messages`, the rest of it fixed: for
+/// tests of what the host does with fan-outs.
+#[cfg(test)]
+pub(crate) fn test_fan_out(
+    campaign: &str,
+    client_ids: PackedStrings,
+    messages: Messages,
+) -> FanOut {
+    FanOut {
+        campaign: Campaign {
+            restaurant_id: "r".into(),
+            adv_campaign_id: campaign.into(),
+            adv_campaign_content: "x".into(),
+            adv_campaign_owner: "o".into(),
+            adv_campaign_owner_contact: "e".into(),
+            adv_campaign_datetime_start: 1,
+            adv_campaign_datetime_end: 2,
+            datetime_created: 1,
+        },
+        trigger_datetime_created: 2,
+        client_ids,
+        messages,
+        continue_after: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fan_out(client_ids: PackedStrings, messages: Messages) -> FanOut {
-        FanOut {
-            campaign: Campaign {
-                restaurant_id: "r".into(),
-                adv_campaign_id: "c".into(),
-                adv_campaign_content: "x".into(),
-                adv_campaign_owner: "o".into(),
-                adv_campaign_owner_contact: "e".into(),
-                adv_campaign_datetime_start: 1,
-                adv_campaign_datetime_end: 2,
-                datetime_created: 1,
-            },
-            trigger_datetime_created: 2,
-            client_ids,
-            messages,
-            continue_after: None,
-        }
+        test_fan_out("c", client_ids, messages)
     }
 
     fn frame() -> Messages {

@@ -1,34 +1,18 @@
 use super::*;
-use guest_transform::{Campaign, Messages, PackedStrings};
+use guest_transform::Messages;
 
-use crate::guest::FanOut;
+use crate::guest::test_fan_out;
 
 fn fan_out(campaign: &str, clients: &[&str]) -> Outcome {
-    let campaign = Campaign {
-        restaurant_id: "r".into(),
-        adv_campaign_id: campaign.into(),
-        adv_campaign_content: "x".into(),
-        adv_campaign_owner: "o".into(),
-        adv_campaign_owner_contact: "e".into(),
-        adv_campaign_datetime_start: 1,
-        adv_campaign_datetime_end: 2,
-        datetime_created: 1,
-    };
-    Outcome::FanOut(FanOut {
+    let messages: Vec<String> = clients
+        .iter()
+        .map(|c| format!("{{\"client_id\":\"{c}\"}}"))
+        .collect();
+    Outcome::FanOut(test_fan_out(
         campaign,
-        trigger_datetime_created: 2,
-        client_ids: clients.iter().copied().collect(),
-        continue_after: None,
-        messages: Messages::Each(
-            clients
-                .iter()
-                .map(|c| format!("{{\"client_id\":\"{c}\"}}"))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str)
-                .collect::<PackedStrings>(),
-        ),
-    })
+        clients.iter().copied().collect(),
+        Messages::Each(messages.iter().map(String::as_str).collect()),
+    ))
 }
 
 fn event(value: &str) -> InputEvent {
