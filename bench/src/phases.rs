@@ -62,6 +62,23 @@ pub struct Results {
 
 impl Results {
     /// Adds one run's value of a figure (created at its first value).
+    /// The quantiles `qs` (named) of `sorted`, each as the figure `name(quantile name)`.
+    pub fn record_quantiles(
+        &mut self,
+        section: &'static str,
+        name: impl Fn(&str) -> String,
+        unit: &'static str,
+        sorted: &[f64],
+        qs: &[(f64, &str)],
+        how: &str,
+    ) {
+        for &(q, quantile) in qs {
+            if let Some(v) = stats::quantile(sorted, q) {
+                self.record(section, &name(quantile), unit, v, how);
+            }
+        }
+    }
+
     pub fn record(
         &mut self,
         section: &'static str,
@@ -202,17 +219,14 @@ impl Bench<'_> {
              a batch of the latency phase) back to back, each with consumer offsets, as the \
              service's deliver stage sends them"
         );
-        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-            if let Some(v) = stats::quantile(&floor, q) {
-                r.record(
-                    "ceiling",
-                    &format!("Kafka alone: one small transaction, {name}"),
-                    "ms",
-                    v,
-                    &floor_how,
-                );
-            }
-        }
+        r.record_quantiles(
+            "ceiling",
+            |q| format!("Kafka alone: one small transaction, {q}"),
+            "ms",
+            &floor,
+            &[(0.5, "p50"), (0.99, "p99")],
+            &floor_how,
+        );
         r.record(
             "ceiling",
             "PostgreSQL alone: binary COPY into a subscribers_feedback-shaped table",
@@ -640,28 +654,22 @@ impl Bench<'_> {
             LATENCY_WARM_UP * 100.0
         );
         let r = &mut self.results;
-        for (q, name) in [(0.5, "p50"), (0.99, "p99"), (1.0, "max")] {
-            if let Some(v) = stats::quantile(&visible, q) {
-                r.record(
-                    "latency",
-                    &format!("{label}: due → all outputs visible, {name}"),
-                    "ms",
-                    v,
-                    &how,
-                );
-            }
-        }
-        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-            if let Some(v) = stats::quantile(&created, q) {
-                r.record(
-                    "latency",
-                    &format!("{label}: due → output CreateTime, {name}"),
-                    "ms",
-                    v,
-                    &how,
-                );
-            }
-        }
+        r.record_quantiles(
+            "latency",
+            |q| format!("{label}: due → all outputs visible, {q}"),
+            "ms",
+            &visible,
+            &[(0.5, "p50"), (0.99, "p99"), (1.0, "max")],
+            &how,
+        );
+        r.record_quantiles(
+            "latency",
+            |q| format!("{label}: due → output CreateTime, {q}"),
+            "ms",
+            &created,
+            &[(0.5, "p50"), (0.99, "p99")],
+            &how,
+        );
         if phase == "saturation" {
             // From the first event due to the reader's last output seen.
             let delivered = seen.outputs as f64 / group.fan_out as f64 / (end - t0);

@@ -9,6 +9,7 @@
 use crate::event::Campaign;
 use crate::packed::PackedStrings;
 use crate::prelude::*;
+use alloc::borrow::Cow;
 
 /// The serialised shared part of one campaign's messages.
 pub struct MessageTemplate {
@@ -63,22 +64,13 @@ impl MessageTemplate {
 
     /// The bytes the message for `client_id` takes.
     pub fn message_len(&self, client_id: &str) -> usize {
-        let id_len = if needs_escape(client_id) {
-            escaped(client_id).len()
-        } else {
-            client_id.len()
-        };
-        self.head.len() + id_len + TAIL.len()
+        self.head.len() + json_contents(client_id).len() + TAIL.len()
     }
 
     /// Appends the message for `client_id` to `out`.
     pub fn render_into(&self, client_id: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(self.head.as_bytes());
-        if needs_escape(client_id) {
-            out.extend_from_slice(escaped(client_id).as_bytes());
-        } else {
-            out.extend_from_slice(client_id.as_bytes());
-        }
+        out.extend_from_slice(json_contents(client_id).as_bytes());
         out.extend_from_slice(TAIL.as_bytes());
     }
 
@@ -147,11 +139,7 @@ fn push_string_field(out: &mut String, name: &str, value: &str) {
     out.push('"');
     out.push_str(name);
     out.push_str("\":\"");
-    if needs_escape(value) {
-        out.push_str(&escaped(value));
-    } else {
-        out.push_str(value);
-    }
+    out.push_str(&json_contents(value));
     out.push_str("\",");
 }
 
@@ -167,10 +155,14 @@ fn needs_escape(value: &str) -> bool {
     value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
-/// `value` as the inside of a JSON string literal (without the quotes).
-fn escaped(value: &str) -> String {
+/// `value` as the inside of a JSON string literal (without the quotes): itself unless it needs
+/// escaping.
+fn json_contents(value: &str) -> Cow<'_, str> {
+    if !needs_escape(value) {
+        return Cow::Borrowed(value);
+    }
     let quoted = serde_json::to_string(value).expect("serialising a str cannot fail");
-    quoted[1..quoted.len() - 1].to_owned()
+    Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
 }
 
 #[cfg(test)]
