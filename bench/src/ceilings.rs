@@ -15,6 +15,9 @@
 //! - Kafka's floor for one batch: small transactions back to back, each as the service's (the
 //!   messages, then the consumer offsets, then the commit), timed one by one. No batch of the
 //!   service can be visible sooner than its transaction takes.
+//! - The machine's memory: the latency of a random read in a working set the size of a busy
+//!   broker's or database's, which on a shared virtual machine can vary by an order of magnitude
+//!   from one day to the next and moves every other figure with it (see [`memory_latency`]).
 
 use std::time::{Duration, Instant};
 
@@ -157,6 +160,38 @@ pub fn kafka_transactions(
         }
     }
     Ok(took)
+}
+
+/// Nanoseconds per dependent random read in a working set of `mib` MiB: a pointer chase
+/// through one random cycle over the whole set, so that neither the caches nor the prefetcher
+/// can help. On a machine with its memory to itself this is ~0.1 µs at 64 MiB; a host that is
+/// short of memory for its virtual machines shows it here first (the Java broker and
+/// PostgreSQL's buffer pool slow down with it, a CPU-bound loop hardly at all).
+pub fn memory_latency(mib: usize) -> f64 {
+    let len = mib * (1 << 20) / std::mem::size_of::<usize>();
+    // Sattolo's shuffle of the identity: a single cycle through every slot.
+    let mut next: Vec<usize> = (0..len).collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..len).rev() {
+        // xorshift64*: enough randomness to defeat the prefetcher, no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let j = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % i as u64) as usize;
+        next.swap(i, j);
+    }
+    let reads = 4_000_000;
+    let mut at = 0;
+    for _ in 0..reads / 4 {
+        at = next[at];
+    }
+    let started = Instant::now();
+    for _ in 0..reads {
+        at = next[at];
+    }
+    let took = started.elapsed();
+    std::hint::black_box(at);
+    took.as_secs_f64() * 1e9 / reads as f64
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);

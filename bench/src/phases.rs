@@ -61,7 +61,6 @@ pub struct Results {
 }
 
 impl Results {
-    /// Adds one run's value of a figure (created at its first value).
     /// The quantiles `qs` (named) of `sorted`, each as the figure `name(quantile name)`.
     pub fn record_quantiles(
         &mut self,
@@ -79,6 +78,7 @@ impl Results {
         }
     }
 
+    /// Adds one run's value of a figure (created at its first value).
     pub fn record(
         &mut self,
         section: &'static str,
@@ -189,6 +189,14 @@ impl Bench<'_> {
         );
 
         println!("bench: run {run}: ceilings");
+        let memory_mib = 64;
+        self.results.record(
+            "ceiling",
+            &format!("machine: one random memory read, {memory_mib} MiB working set"),
+            "ns",
+            ceilings::memory_latency(memory_mib),
+            "a pointer chase through one random cycle (bench/src/ceilings.rs memory_latency)",
+        );
         let pg = self.runtime.block_on(async {
             let client = self.stack.connect(db).await?;
             ceilings::postgres(&client, tag, s.ceiling_outputs, s.ceiling_batch, 10).await

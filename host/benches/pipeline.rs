@@ -5,7 +5,8 @@
 //!
 //! `LEDGER_ROWS=10000000 make bench-pipeline` first fills the delivery ledger with that many pairs
 //! of other (running) campaigns, to show what a large ledger costs each batch; they are deleted
-//! afterwards.
+//! afterwards. `EVENTS=100000 make bench-pipeline` runs longer than the default 20,000 events,
+//! e.g. to record a profile of the whole run.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -17,6 +18,7 @@ use support::{StackEnv, env_number, psql, run, unique_name};
 
 const RESTAURANTS: usize = 100;
 const FAN_OUT: usize = 10;
+/// Events produced up front, unless `EVENTS` says otherwise (a longer run to profile).
 const EVENTS: usize = 20_000;
 
 /// Ledger pairs of other campaigns, deleted when dropped.
@@ -64,11 +66,12 @@ fn main() {
     let env = StackEnv::load();
     let run_id = unique_name("bench");
     let ledger_rows: u64 = env_number("LEDGER_ROWS").unwrap_or(0);
+    let events: usize = env_number("EVENTS").unwrap_or(EVENTS);
     let _fill = (ledger_rows > 0).then(|| LedgerFill::insert(&env, &run_id, ledger_rows));
     let _subscriptions = Subscriptions::insert(&env, &run_id, RESTAURANTS, FAN_OUT);
 
     let deployment = Deployment::new(&env, "bench");
-    let values: Vec<String> = (0..EVENTS)
+    let values: Vec<String> = (0..events)
         .map(|i| {
             let restaurant = format!("{run_id}-r{}", i % RESTAURANTS);
             campaign_event(&format!("{run_id}-e{i}"), &restaurant, "first campaign")
@@ -89,7 +92,7 @@ fn main() {
     let started = Instant::now();
     deployment.wait_consumed(Duration::from_secs(600));
     let elapsed = started.elapsed().as_secs_f64();
-    let rows = (EVENTS * FAN_OUT) as f64;
+    let rows = (events * FAN_OUT) as f64;
     let batches = service
         .metric("campaign_push_batch_seconds_count")
         .unwrap_or(0.0);
@@ -97,11 +100,11 @@ fn main() {
         .metric("campaign_push_batch_seconds_sum")
         .unwrap_or(0.0);
     println!(
-        "pipeline: {EVENTS} events x fan-out {FAN_OUT} = {rows} rows and messages in {elapsed:.2} s \
+        "pipeline: {events} events x fan-out {FAN_OUT} = {rows} rows and messages in {elapsed:.2} s \
          from a ready service: {:.0} events/s, {:.0} rows/s; {batches} batches of {:.1} ms on \
          average (one host, Kafka + PostgreSQL on the same 2 cores, \
          {ledger_rows} other pairs in the ledger)",
-        EVENTS as f64 / elapsed,
+        events as f64 / elapsed,
         rows / elapsed,
         batch_seconds / batches.max(1.0) * 1000.0,
     );
