@@ -16,8 +16,8 @@
 //!   messages, then the consumer offsets, then the commit), timed one by one. No batch of the
 //!   service can be visible sooner than its transaction takes.
 //! - The machine's memory: the latency of a random read in a working set the size of a busy
-//!   broker's or database's, which on a shared virtual machine can vary by an order of magnitude
-//!   from one day to the next and moves every other figure with it (see [`memory_latency`]).
+//!   broker's or database's, which on a shared virtual machine can vary several-fold from one
+//!   day to the next and moves the other figures with it (see [`memory_latency`]).
 
 use std::time::{Duration, Instant};
 
@@ -164,9 +164,10 @@ pub fn kafka_transactions(
 
 /// Nanoseconds per dependent random read in a working set of `mib` MiB: a pointer chase
 /// through one random cycle over the whole set, so that neither the caches nor the prefetcher
-/// can help. On a machine with its memory to itself this is ~0.1 µs at 64 MiB; a host that is
-/// short of memory for its virtual machines shows it here first (the Java broker and
-/// PostgreSQL's buffer pool slow down with it, a CPU-bound loop hardly at all).
+/// can help. DRAM itself answers in about 0.1 µs; on 2026-11-29 this machine took 0.4–0.9 µs at
+/// 64 MiB (2.6 µs at 256 MiB), while the ceilings ran at half their speed of that morning and
+/// a CPU-bound loop (`make bench-guest`) at 85–94 % of it: the Java broker and PostgreSQL's buffer
+/// pool live in memory, the guest's loop in the caches.
 pub fn memory_latency(mib: usize) -> f64 {
     let len = mib * (1 << 20) / std::mem::size_of::<usize>();
     // Sattolo's shuffle of the identity: a single cycle through every slot.

@@ -45,13 +45,17 @@ mod cache;
 mod change;
 mod connect;
 mod key;
+mod options;
+mod shared;
 mod table;
 mod task;
 
-pub use cache::{CacheError, CacheOptions, CacheStats, SubscriberCache};
+pub use cache::{CacheError, SubscriberCache};
 pub use change::{Change, PayloadError};
 pub use connect::{Connect, ConnectionMessages, DEFAULT_APPLICATION_NAME, PgConnector};
 pub use key::canonical_uuid;
+pub use options::CacheOptions;
+pub use shared::CacheStats;
 pub use table::{Applied, ClientList, SubscriberTable, TableLoader};
 
 /// The NOTIFY channel of the trigger in `host/migrations/001_subscriber_changes.sql`.

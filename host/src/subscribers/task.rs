@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::cache::{CacheOptions, Shared};
 use super::change::Change;
 use super::connect::{Connect, ConnectionMessages};
+use super::options::CacheOptions;
+use super::shared::Shared;
 use super::table::{SubscriberTable, TableLoader};
 
 /// Notifications applied under one write lock at most.
