@@ -271,6 +271,12 @@ fn the_supervisor_hears_ready_reloading_stopping_and_the_watchdog() {
     let exit = service.terminate();
     assert!(exit.success(), "{exit}");
     receive_until(&socket, &mut received, "STOPPING=1");
+    // The process has exited: whatever it sent is in the socket's queue, and read.
+    let stopping = received
+        .iter()
+        .filter(|m| m.lines().any(|line| line == "STOPPING=1"))
+        .count();
+    assert_eq!(stopping, 1, "STOPPING=1 once: {received:?}");
     let statuses: BTreeSet<&str> = received
         .iter()
         .flat_map(|m| m.lines())

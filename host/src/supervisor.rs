@@ -30,6 +30,8 @@ struct Inner {
     watchdog: Option<Duration>,
     /// `READY=1` was sent: a reload ends with it again only then.
     ready: AtomicBool,
+    /// `STOPPING=1` was sent: a stop asked for and the end of `run` both announce it.
+    stopping: AtomicBool,
 }
 
 impl Supervisor {
@@ -53,6 +55,7 @@ impl Supervisor {
                 address,
                 watchdog: watchdog_from_env(),
                 ready: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
             })
         };
         match connect() {
@@ -93,7 +96,13 @@ impl Supervisor {
 
     /// The service was asked to stop, or stops because it failed.
     pub fn stopping(&self) {
-        self.send("STOPPING=1\nSTATUS=stopping");
+        if self
+            .inner
+            .as_ref()
+            .is_some_and(|inner| !inner.stopping.swap(true, Ordering::AcqRel))
+        {
+            self.send("STOPPING=1\nSTATUS=stopping");
+        }
     }
 
     /// Sends `WATCHDOG=1` every half watchdog interval while `progress` reports no stalled batch,
