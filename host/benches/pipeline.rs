@@ -90,8 +90,10 @@ fn main() {
         .collect();
     let service = deployment.start_with(&env, &overrides);
     let started = Instant::now();
+    let cpu_before = service.cpu_seconds().unwrap_or(0.0);
     deployment.wait_consumed(Duration::from_secs(600));
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = service.cpu_seconds().unwrap_or(0.0) - cpu_before;
     let rows = (events * FAN_OUT) as f64;
     let batches = service
         .metric("campaign_push_batch_seconds_count")
@@ -116,6 +118,11 @@ fn main() {
             .unwrap_or(0.0);
         sum / batches.max(1.0) * 1000.0
     };
+    // Less at the mercy of what else the two cores do than the rate: compare settings by it.
+    println!(
+        "host CPU: {cpu:.2} s, {:.2} s per million rows",
+        cpu / rows * 1e6
+    );
     println!(
         "per batch: collect {:.1} ms, decide {:.1} ms, postgres {:.1} ms, kafka {:.1} ms; settings {settings:?}",
         stage("collect"),

@@ -484,6 +484,19 @@ impl Service {
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// The CPU time the process has used so far, user and system, from `/proc` (in USER_HZ
+    /// ticks, 100 per second on Linux whatever the kernel's tick rate); `None` once it has
+    /// exited.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.lock().unwrap().id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces; the fields after its ')' do not.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |index: usize| fields.get(index)?.parse::<f64>().ok();
+        // utime and stime: fields 14 and 15 of the line, the 12th and 13th after the name.
+        Some((ticks(11)? + ticks(12)?) / 100.0)
+    }
+
     /// Starts measuring the peak resident memory afresh (Linux: `clear_refs` 5).
     pub fn reset_peak_memory(&self) {
         let pid = self.child.lock().unwrap().id();
