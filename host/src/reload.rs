@@ -75,10 +75,34 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<SwapReport, ReloadError> {
         let _busy = self.busy.lock().await;
         self.supervisor.reloading();
+        let result = self.load_and_swap().await;
+        self.record("reload", trigger, &result);
+        self.supervisor.reloaded();
+        result
+    }
+
+    /// Reads the file, refuses what it knows already (the component in service, or one rolled
+    /// back) before compiling it, then compiles, checks and swaps in the rest.
+    async fn load_and_swap(&self) -> Result<SwapReport, ReloadError> {
+        let wasm = tokio::fs::read(&self.path)
+            .await
+            .map_err(|source| LoadError::Read {
+                path: self.path.display().to_string(),
+                source,
+            })?;
+        // Before the compile, which takes both cores for a tenth of a second or more: a file
+        // touched or copied again unchanged costs a hash, not a compile.
+        let sha256 = crate::guest::sha256_of(&wasm);
+        if self.rolled_back.lock().expect("lock").contains(&sha256) {
+            return Err(ReloadError::RolledBack(sha256));
+        }
+        let current = self.slot.current();
+        if current.identity().sha256 == sha256 {
+            return Err(ReloadError::Unchanged(current.identity().version.clone()));
+        }
         let runtime = self.runtime.clone();
-        let path = self.path.clone();
-        let candidate = tokio::task::spawn_blocking(move || {
-            let guest = runtime.load_file(&path)?;
+        let guest = tokio::task::spawn_blocking(move || {
+            let guest = runtime.load(&wasm)?;
             canary::check(&guest).map_err(ReloadError::Canary)?;
             Ok::<_, ReloadError>(guest)
         })
@@ -88,23 +112,10 @@ impl Reloader {
             Err(ReloadError::Load(LoadError::Compile(format!(
                 "compiling it panicked: {panicked}"
             ))))
-        });
-        let result = candidate.and_then(|guest| {
-            let sha256 = &guest.identity().sha256;
-            if self.rolled_back.lock().expect("lock").contains(sha256) {
-                return Err(ReloadError::RolledBack(sha256.clone()));
-            }
-            let current = self.slot.current();
-            if &current.identity().sha256 == sha256 {
-                return Err(ReloadError::Unchanged(guest.identity().version.clone()));
-            }
-            let to = guest.identity().clone();
-            let from = self.slot.swap(guest).identity().clone();
-            Ok(SwapReport { from, to })
-        });
-        self.record("reload", trigger, &result);
-        self.supervisor.reloaded();
-        result
+        })?;
+        let to = guest.identity().clone();
+        let from = self.slot.swap(guest).identity().clone();
+        Ok(SwapReport { from, to })
     }
 
     /// Puts the previous accepted version back in service.

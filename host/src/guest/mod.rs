@@ -187,7 +187,7 @@ impl GuestRuntime {
 
     /// Compiles `wasm`, checks it against the world, instantiates it once and asks its version.
     pub fn load(&self, wasm: &[u8]) -> Result<LoadedGuest, LoadError> {
-        let sha256 = hex(&Sha256::digest(wasm));
+        let sha256 = sha256_of(wasm);
         if let Some(allowed) = &self.allowed
             && !allowed.contains(&sha256)
         {
@@ -384,6 +384,11 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch thread");
+}
+
+/// A component's identity: the SHA-256 of its bytes, in lowercase hex.
+pub fn sha256_of(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))
 }
 
 fn hex(bytes: &[u8]) -> String {
