@@ -53,6 +53,9 @@ PG_LINK="$STACK_DIR/postgres"
 PG_FALLBACK_ROOT=/var/lib/campaign-push
 PG_USER=campaign_push
 PG_DATABASE=de
+# The integration tests' own database, with the same schema and sample rows: what `make test` and
+# `make bench-pipeline` write stays out of `de`, which the README's walkthrough shows its user.
+PG_TEST_DATABASE=de_test
 PG_SQL_FILES=("$ROOT/stack/contract/schema.sql" "$ROOT/stack/contract/sample_subscribers.sql")
 
 ENV_FILE="$STACK_DIR/local.env"
@@ -308,6 +311,7 @@ KAFKA_DEAD_LETTER_TOPIC=${TOPICS[2]%%:*}
 PGHOST=$HOST
 PGPORT=$PG_PORT
 PGDATABASE=$PG_DATABASE
+PGDATABASE_TESTS=$PG_TEST_DATABASE
 PGUSER=$PG_USER
 PGPASSWORD=$PG_PASSWORD
 PGSSLROOTCERT=$CA_FILE
@@ -743,10 +747,13 @@ ensure_pg_role_and_db() {
         printf '%s\n' "\\set pw '$PG_PASSWORD'" \
             "CREATE ROLE $PG_USER LOGIN PASSWORD :'pw';" | pg_admin_psql
     fi
-    if [[ -z "$(pg_admin_psql -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DATABASE'")" ]]; then
-        say "creating database $PG_DATABASE"
-        pg_admin_psql -c "CREATE DATABASE $PG_DATABASE OWNER $PG_USER"
-    fi
+    local db
+    for db in "$PG_DATABASE" "$PG_TEST_DATABASE"; do
+        if [[ -z "$(pg_admin_psql -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+            say "creating database $db"
+            pg_admin_psql -c "CREATE DATABASE $db OWNER $PG_USER"
+        fi
+    done
 }
 
 # The sample rows carry explicit ids, which leave the serial sequence at 1: the first plain
@@ -758,11 +765,14 @@ SYNC_SUBSCRIBERS_SEQUENCE="SELECT setval(pg_get_serial_sequence('public.subscrib
 # The contract's schema and sample rows, applied as the service user over TCP with TLS verified
 # against the local CA (which also proves that path works). Both files are idempotent.
 apply_schema() {
-    PGPASSWORD="$PG_PASSWORD" PGOPTIONS='-c client_min_messages=warning' \
-        "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
-        "host=$HOST port=$PG_PORT dbname=$PG_DATABASE user=$PG_USER sslmode=verify-full sslrootcert=$CA_FILE" \
-        -f "${PG_SQL_FILES[0]}" -f "${PG_SQL_FILES[1]}" -c "$SYNC_SUBSCRIBERS_SEQUENCE" >/dev/null \
-        || die "applying the schema as $PG_USER failed (see above and $PG_LOG)"
+    local db
+    for db in "$PG_DATABASE" "$PG_TEST_DATABASE"; do
+        PGPASSWORD="$PG_PASSWORD" PGOPTIONS='-c client_min_messages=warning' \
+            "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+            "host=$HOST port=$PG_PORT dbname=$db user=$PG_USER sslmode=verify-full sslrootcert=$CA_FILE" \
+            -f "${PG_SQL_FILES[0]}" -f "${PG_SQL_FILES[1]}" -c "$SYNC_SUBSCRIBERS_SEQUENCE" >/dev/null \
+            || die "applying the schema to $db as $PG_USER failed (see above and $PG_LOG)"
+    done
 }
 
 stop_pg() {
@@ -882,7 +892,7 @@ cmd_status() {
         echo "PostgreSQL"
         echo "  not initialised (make up)"
     fi
-    echo "  address     $HOST:$PG_PORT   (database $PG_DATABASE, user $PG_USER, TLS with CA $CA_FILE)"
+    echo "  address     $HOST:$PG_PORT   (database $PG_DATABASE, tests' $PG_TEST_DATABASE, user $PG_USER, TLS with CA $CA_FILE)"
     echo "  data dir    $PG_DATA"
     echo "  socket dir  $PG_SOCKET_DIR"
     echo "  log: $PG_LOG"

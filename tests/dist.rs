@@ -217,6 +217,7 @@ fn the_tarball_installs_into_an_empty_prefix_and_runs_as_its_unit_says() {
         ),
         ("CAMPAIGN_PUSH__POSTGRES__HOST", env.get("PGHOST")),
         ("CAMPAIGN_PUSH__POSTGRES__PORT", env.get("PGPORT")),
+        ("CAMPAIGN_PUSH__POSTGRES__DATABASE", env.test_database()),
         (
             "CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE",
             env.get("PGSSLROOTCERT"),

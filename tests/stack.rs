@@ -10,7 +10,8 @@ mod support;
 use std::path::Path;
 
 use support::{
-    StackEnv, TempTopic, foreign_ca, kcat, kcat_sasl_args, parse_env_file, psql, repo_root, run,
+    StackEnv, TempTopic, foreign_ca, kcat, kcat_sasl_args, parse_env_file, psql, psql_in,
+    repo_root, run,
 };
 
 /// The key the users' producer sends (contract: "a line `first_message:{...json...}`").
@@ -311,7 +312,12 @@ const SAMPLE_SUBSCRIBERS: &[(i32, &str, &str)] = &[
 
 #[track_caller]
 fn psql_rows(env: &StackEnv, extra: &str, sql: &str) -> Vec<String> {
-    run(&mut psql(env, extra, sql), None)
+    psql_rows_in(env, env.get("PGDATABASE"), extra, sql)
+}
+
+#[track_caller]
+fn psql_rows_in(env: &StackEnv, database: &str, extra: &str, sql: &str) -> Vec<String> {
+    run(&mut psql_in(env, database, extra, sql), None)
         .assert_success()
         .stdout_text()
         .lines()
@@ -322,8 +328,16 @@ fn psql_rows(env: &StackEnv, extra: &str, sql: &str) -> Vec<String> {
 #[test]
 fn psql_as_the_service_user_sees_the_contract_tables() {
     let env = StackEnv::load();
-    let actual = psql_rows(
-        &env,
+    for database in [env.get("PGDATABASE"), env.test_database()] {
+        assert_contract_tables(&env, database);
+    }
+}
+
+#[track_caller]
+fn assert_contract_tables(env: &StackEnv, database: &str) {
+    let actual = psql_rows_in(
+        env,
+        database,
         "",
         "SELECT table_name, column_name, data_type, is_nullable, \
                 coalesce(column_default LIKE 'nextval(%', false), \
@@ -343,10 +357,14 @@ fn psql_as_the_service_user_sees_the_contract_tables() {
             )
         })
         .collect();
-    assert_eq!(actual, expected, "columns of the contract's tables");
+    assert_eq!(
+        actual, expected,
+        "columns of the contract's tables in {database}"
+    );
 
-    let keys = psql_rows(
-        &env,
+    let keys = psql_rows_in(
+        env,
+        database,
         "",
         "SELECT c.conrelid::regclass::text, c.conname, a.attname \
          FROM pg_constraint c \
@@ -362,25 +380,28 @@ fn psql_as_the_service_user_sees_the_contract_tables() {
             "subscribers_feedback|id_pk|id",
             "subscribers_restaurants|pk_id|id"
         ],
-        "primary keys"
+        "primary keys in {database}"
     );
 }
 
 #[test]
 fn psql_as_the_service_user_sees_the_sample_subscribers() {
     let env = StackEnv::load();
-    // Rows 1..10 are the contract's sample; other tests may add rows of their own with other ids.
-    let actual = psql_rows(
-        &env,
-        "",
-        "SELECT id, client_id, restaurant_id FROM public.subscribers_restaurants \
-         WHERE id BETWEEN 1 AND 10 ORDER BY id",
-    );
     let expected: Vec<String> = SAMPLE_SUBSCRIBERS
         .iter()
         .map(|(id, client, restaurant)| format!("{id}|{client}|{restaurant}"))
         .collect();
-    assert_eq!(actual, expected, "the 10 sample subscribers");
+    for database in [env.get("PGDATABASE"), env.test_database()] {
+        // Rows 1..10 are the contract's sample; tests may add rows of their own with other ids.
+        let actual = psql_rows_in(
+            &env,
+            database,
+            "",
+            "SELECT id, client_id, restaurant_id FROM public.subscribers_restaurants \
+             WHERE id BETWEEN 1 AND 10 ORDER BY id",
+        );
+        assert_eq!(actual, expected, "the 10 sample subscribers in {database}");
+    }
 }
 
 #[test]
@@ -447,6 +468,7 @@ fn env_file_is_private_and_complete() {
         "PGHOST",
         "PGPORT",
         "PGDATABASE",
+        "PGDATABASE_TESTS",
         "PGUSER",
         "PGPASSWORD",
         "PGSSLROOTCERT",
@@ -464,6 +486,7 @@ fn env_file_is_private_and_complete() {
     assert_eq!(vars["KAFKA_OUTPUT_TOPIC"], "campaign-notifications");
     assert_eq!(vars["KAFKA_DEAD_LETTER_TOPIC"], "campaigns-dead-letter");
     assert_eq!(vars["PGDATABASE"], "de");
+    assert_eq!(vars["PGDATABASE_TESTS"], "de_test");
     for key in ["KAFKA_CA_FILE", "PGSSLROOTCERT"] {
         assert!(
             Path::new(&vars[key]).is_absolute(),

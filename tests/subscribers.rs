@@ -40,7 +40,7 @@ fn pg_config(application_name: &str) -> tokio_postgres::Config {
     config
         .host(env.get("PGHOST"))
         .port(env.get("PGPORT").parse().expect("PGPORT is a port"))
-        .dbname(env.get("PGDATABASE"))
+        .dbname(env.test_database())
         .user(env.get("PGUSER"))
         .password(env.get("PGPASSWORD"))
         .application_name(application_name)

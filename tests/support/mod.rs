@@ -70,6 +70,13 @@ impl StackEnv {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The database the tests write into: `make up` makes it beside the service's `de`, with the
+    /// same schema and sample rows, so that a user's walkthrough after `make test` finds in `de`
+    /// only what the user put there.
+    pub fn test_database(&self) -> &str {
+        self.get("PGDATABASE_TESTS")
+    }
 }
 
 /// `KEY=VALUE` lines; blank lines and `#` comments are skipped.
@@ -284,15 +291,19 @@ pub fn kcat() -> Command {
     cmd
 }
 
-/// A `psql` command for the service's database over TCP, as the service user, with the
-/// password from the env file and `extra` appended to the connection string (e.g. sslmode).
-/// Output is unaligned, tuples only, `|`-separated; libpq variables of the caller are ignored.
+/// A `psql` command for the tests' database ([`StackEnv::test_database`]); see [`psql_in`].
 pub fn psql(env: &StackEnv, extra: &str, sql: &str) -> Command {
+    psql_in(env, env.test_database(), extra, sql)
+}
+
+/// A `psql` command for `database` over TCP, as the service user, with the password from the env
+/// file and `extra` appended to the connection string (e.g. sslmode). Output is unaligned, tuples
+/// only, `|`-separated; libpq variables of the caller are ignored.
+pub fn psql_in(env: &StackEnv, database: &str, extra: &str, sql: &str) -> Command {
     let conninfo = format!(
-        "host={} port={} dbname={} user={} connect_timeout=10 {extra}",
+        "host={} port={} dbname={database} user={} connect_timeout=10 {extra}",
         env.get("PGHOST"),
         env.get("PGPORT"),
-        env.get("PGDATABASE"),
         env.get("PGUSER"),
     );
     let mut cmd = Command::new("psql");

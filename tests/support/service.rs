@@ -212,6 +212,7 @@ impl Deployment {
             )
             .env("CAMPAIGN_PUSH__POSTGRES__HOST", env.get("PGHOST"))
             .env("CAMPAIGN_PUSH__POSTGRES__PORT", env.get("PGPORT"))
+            .env("CAMPAIGN_PUSH__POSTGRES__DATABASE", env.test_database())
             .env("CAMPAIGN_PUSH__POSTGRES__PASSWORD", env.get("PGPASSWORD"))
             .env(
                 "CAMPAIGN_PUSH__POSTGRES__TLS__CA_FILE",
