@@ -15,6 +15,12 @@
 //! - Kafka's floor for one batch: small transactions back to back, each as the service's (the
 //!   messages, then the consumer offsets, then the commit), timed one by one. No batch of the
 //!   service can be visible sooner than its transaction takes.
+//! - What each sink alone costs the machine: the CPU seconds of the server (PostgreSQL with its
+//!   backends, or the broker) and of the bench's client (COPY encoding, or the producer's
+//!   threads) per million rows, over the same window as the rate, to set beside what the service
+//!   costs them per output. (Their sum is no bound on the service: its producer, sending from a
+//!   busier process, batches more per request than this one, and its broker CPU per message is
+//!   often the lower.)
 //! - The machine's memory: the latency of a random read in a working set the size of a busy
 //!   broker's or database's, which on a shared virtual machine can vary several-fold from one
 //!   day to the next and moves the other figures with it (see [`memory_latency`]).
@@ -31,6 +37,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
+use crate::cpu::own_cpu;
 use crate::stack::Stack;
 use crate::workload::{FEEDBACK_COLUMNS, Output};
 
@@ -45,15 +52,57 @@ const GUEST_SHA256: (&str, &str) = (
     "5f0c4e1a6b9d2c3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e",
 );
 
-/// Rows per second of binary COPY into a `subscribers_feedback`-shaped table, in transactions of
-/// `batch` rows; the table is emptied first, so every run starts alike.
+/// What one sink alone did: its rate, and the CPU the machine spent on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    pub per_second: f64,
+    /// CPU seconds per million rows or messages of the server (PostgreSQL with its backends, or
+    /// the broker) and of the bench's client; NaN where a server's could not be read.
+    pub server_cpu_per_million: f64,
+    pub client_cpu_per_million: f64,
+}
+
+/// The CPU seconds of a sink's server so far.
+pub type CpuReader<'a> = &'a dyn Fn() -> f64;
+
+/// Clock and CPU over the measured part of a ceiling (after its warm-up).
+struct Window<'a> {
+    server_cpu: CpuReader<'a>,
+    started: Instant,
+    server_at_start: f64,
+    client_at_start: f64,
+}
+
+impl<'a> Window<'a> {
+    fn open(server_cpu: CpuReader<'a>) -> Self {
+        Self {
+            server_cpu,
+            started: Instant::now(),
+            server_at_start: server_cpu(),
+            client_at_start: own_cpu(),
+        }
+    }
+
+    fn close(self, count: u64) -> Ceiling {
+        let per_million = |cpu: f64| cpu / count as f64 * 1e6;
+        Ceiling {
+            per_second: count as f64 / self.started.elapsed().as_secs_f64(),
+            server_cpu_per_million: per_million((self.server_cpu)() - self.server_at_start),
+            client_cpu_per_million: per_million(own_cpu() - self.client_at_start),
+        }
+    }
+}
+
+/// Binary COPY into a `subscribers_feedback`-shaped table, in transactions of `batch` rows; the
+/// table is emptied first, so every run starts alike. `server_cpu` reads PostgreSQL's CPU seconds.
 pub async fn postgres(
     client: &tokio_postgres::Client,
+    server_cpu: CpuReader<'_>,
     tag: &str,
     rows: u64,
     batch: u64,
     fan_out: u64,
-) -> Result<f64> {
+) -> Result<Ceiling> {
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (
@@ -73,10 +122,10 @@ pub async fn postgres(
         .map(|n| Output::nth(tag, n, fan_out))
         .collect();
     let copy = format!("COPY {TABLE} ({FEEDBACK_COLUMNS}) FROM STDIN BINARY");
-    let mut started = Instant::now();
+    let mut window = Window::open(server_cpu);
     for (i, chunk) in outputs.chunks(batch as usize).enumerate() {
         if i == 1 {
-            started = Instant::now();
+            window = Window::open(server_cpu);
         }
         client.batch_execute("BEGIN").await?;
         let sink = client.copy_in(&copy).await?;
@@ -88,21 +137,22 @@ pub async fn postgres(
         writer.finish().await?;
         client.batch_execute("COMMIT").await?;
     }
-    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    let ceiling = window.close(rows);
     client.batch_execute(&format!("DROP TABLE {TABLE}")).await?;
-    Ok(rate)
+    Ok(ceiling)
 }
 
-/// Messages per second produced to `topic` with the service's producer settings, in
-/// transactions of `batch` messages.
+/// Messages produced to `topic` with the service's producer settings, in transactions of
+/// `batch` messages. `server_cpu` reads the broker's CPU seconds.
 pub fn kafka(
     stack: &Stack,
+    server_cpu: CpuReader<'_>,
     topic: &str,
     tag: &str,
     messages: u64,
     batch: u64,
     fan_out: u64,
-) -> Result<f64> {
+) -> Result<Ceiling> {
     let producer = transactional_producer(stack, &format!("{tag}-ceiling"))?;
     let headers = guest_headers();
     // The first transaction is a warm-up (metadata, connections to the partition leaders, the
@@ -110,17 +160,17 @@ pub fn kafka(
     let outputs: Vec<Output> = (0..messages + batch)
         .map(|n| Output::nth(tag, n, fan_out))
         .collect();
-    let mut started = Instant::now();
+    let mut window = Window::open(server_cpu);
     for (i, chunk) in outputs.chunks(batch as usize).enumerate() {
         if i == 1 {
-            started = Instant::now();
+            window = Window::open(server_cpu);
         }
         producer.begin_transaction()?;
         send(&producer, topic, chunk, &headers)?;
         await_deliveries(&producer, TIMEOUT)?;
         producer.commit_transaction(TIMEOUT)?;
     }
-    Ok(messages as f64 / started.elapsed().as_secs_f64())
+    Ok(window.close(messages))
 }
 
 /// The milliseconds each of `transactions` transactions of `size` messages took, sent back to

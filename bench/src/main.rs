@@ -14,6 +14,7 @@
 //! consumer groups and transactional ids with the bench's unique prefix.
 
 mod ceilings;
+mod cpu;
 mod generator;
 mod phases;
 mod plot;

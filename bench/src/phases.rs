@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::ceilings;
+use crate::cpu::{proc_usage, tree_cpu};
 use crate::generator::Generator;
 use crate::reader::Reader;
-use crate::service::{Deployment, Sample, Service, proc_usage};
+use crate::service::{Deployment, Sample, Service};
 use crate::settings::Settings;
-use crate::stack::{BenchDatabase, Stack, Topics, high_watermarks};
+use crate::stack::{BenchDatabase, Stack, Topics, high_watermarks, server_pids};
 use crate::stats::{self, Figure};
 use crate::workload::{self, Group, Layout};
 
@@ -112,6 +113,15 @@ impl Results {
 /// Names of figures that other parts (summary, ratios) look up.
 pub mod names {
     pub const CEILING: &str = "same-run ceiling (slower sink alone)";
+    /// CPU seconds per million rows of a sink alone ("PostgreSQL", "Kafka"), of its "server"
+    /// or its "client".
+    pub fn alone_cpu(sink: &str, side: &str) -> String {
+        format!("{sink} alone: {side} CPU per million")
+    }
+    /// CPU seconds per million outputs of `who` ("host", "Kafka broker", "PostgreSQL").
+    pub fn cpu_per_million(fan_out: usize, who: &str) -> String {
+        format!("fan-out {fan_out}: {who} CPU per million outputs")
+    }
     pub fn outputs(fan_out: usize) -> String {
         format!("fan-out {fan_out}: output messages/s")
     }
@@ -200,13 +210,24 @@ impl Bench<'_> {
             ceilings::memory_latency(memory_mib),
             "a pointer chase through one random cycle (bench/src/ceilings.rs memory_latency)",
         );
+        let (broker, postgres) = server_pids(&self.stack.root);
+        let cpu_of = |server: Option<u32>| move || server.map_or(f64::NAN, tree_cpu);
         let pg = self.runtime.block_on(async {
             let client = self.stack.connect(db).await?;
-            ceilings::postgres(&client, tag, s.ceiling_outputs, s.ceiling_batch, 10).await
+            ceilings::postgres(
+                &client,
+                &cpu_of(postgres),
+                tag,
+                s.ceiling_outputs,
+                s.ceiling_batch,
+                10,
+            )
+            .await
         })?;
         let ceiling_topic = topics.create(&format!("{tag}-ceiling"))?;
         let kafka = ceilings::kafka(
             self.stack,
+            &cpu_of(broker),
             &ceiling_topic,
             tag,
             s.ceiling_outputs,
@@ -223,7 +244,7 @@ impl Bench<'_> {
             10,
         )?;
         floor.sort_by(f64::total_cmp);
-        let ceiling = pg.min(kafka);
+        let ceiling = pg.per_second.min(kafka.per_second);
         let r = &mut self.results;
         let floor_how = format!(
             "{FLOOR_TRANSACTIONS} transactions of {floor_size} messages (20 events × fan-out 10, \
@@ -242,14 +263,14 @@ impl Bench<'_> {
             "ceiling",
             "PostgreSQL alone: binary COPY into a subscribers_feedback-shaped table",
             "rows/s",
-            pg,
+            pg.per_second,
             &ceiling_how,
         );
         r.record(
             "ceiling",
             "Kafka alone: transactional producer with the service's settings",
             "messages/s",
-            kafka,
+            kafka.per_second,
             &ceiling_how,
         );
         r.record(
@@ -259,6 +280,26 @@ impl Bench<'_> {
             ceiling,
             "min of the two above, same run",
         );
+        let cpu_how = "CPU seconds from /proc over the rate's window, per million";
+        for (sink, ceiling, server, client) in [
+            ("PostgreSQL", pg, "PostgreSQL", "the bench's COPY client"),
+            ("Kafka", kafka, "the broker", "the bench's producer"),
+        ] {
+            r.record(
+                "ceiling",
+                &names::alone_cpu(sink, "server"),
+                "CPU s",
+                ceiling.server_cpu_per_million,
+                &format!("{cpu_how}: {server}"),
+            );
+            r.record(
+                "ceiling",
+                &names::alone_cpu(sink, "client"),
+                "CPU s",
+                ceiling.client_cpu_per_million,
+                &format!("{cpu_how}: {client}"),
+            );
+        }
         Ok(ceiling)
     }
 
@@ -342,7 +383,7 @@ impl Bench<'_> {
             );
             r.record(
                 "cost",
-                &format!("fan-out {name}: host CPU per million outputs"),
+                &names::cpu_per_million(name, "host"),
                 "CPU s",
                 window.cpu_per_million,
                 &how,
@@ -355,7 +396,7 @@ impl Bench<'_> {
             for (who, cpu) in others.into_iter().filter(|(_, cpu)| cpu.is_finite()) {
                 r.record(
                     "cost",
-                    &format!("fan-out {name}: {who} CPU per million outputs"),
+                    &names::cpu_per_million(name, who),
                     "CPU s",
                     cpu,
                     &how,
