@@ -37,6 +37,7 @@ KAFKA_CONFIG="$KAFKA_DIR/server.properties"
 KAFKA_PID_FILE="$KAFKA_DIR/kafka.pid"
 KAFKA_LOG="$KAFKA_DIR/kafka.log"      # the broker's own log (log4j 2)
 KAFKA_OUT="$KAFKA_DIR/kafka.out"      # JVM stdout/stderr: crashes before logging starts land here
+KAFKA_GC_LOG="$KAFKA_DIR/gc.log"      # every GC pause, timed: what a latency spike may be
 KAFKA_START_TIMEOUT=120
 KAFKA_STOP_TIMEOUT=60
 KAFKA_USER=campaign-push
@@ -493,6 +494,7 @@ start_kafka() {
     # in place and $! is the JVM's pid (kafka_pid checks that).
     setsid java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+        -Xlog:gc:file="$KAFKA_GC_LOG":time,uptime:filecount=2,filesize=20M \
         -Dlog4j2.configurationFile="$ROOT/stack/kafka/log4j2.properties" \
         -Dkafka.logs.dir="$KAFKA_DIR" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONFIG" \
