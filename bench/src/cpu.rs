@@ -36,6 +36,22 @@ pub fn tree_cpu(pid: u32) -> f64 {
     ticks as f64 / clock_ticks() as f64
 }
 
+/// How many autovacuum workers PostgreSQL (its postmaster `pid`) runs now: children whose process
+/// title says so. Their CPU is PostgreSQL's too, taken from the same two cores as the service's
+/// transactions, so a phase that overlaps them pays for work the tables' past left behind.
+pub fn autovacuum_workers(pid: u32) -> f64 {
+    let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return f64::NAN;
+    };
+    children
+        .split_whitespace()
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|title| title.starts_with(b"postgres: autovacuum worker"))
+        })
+        .count() as f64
+}
+
 /// CPU seconds of this process (all its threads: the generator, the reader, the sampler).
 pub fn own_cpu() -> f64 {
     stat_fields("self").map_or(f64::NAN, |f| {

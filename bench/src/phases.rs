@@ -402,6 +402,15 @@ impl Bench<'_> {
                     &how,
                 );
             }
+            if window.autovacuum_share.is_finite() {
+                r.record(
+                    "cost",
+                    &format!("fan-out {name}: autovacuum running, share of the window"),
+                    "%",
+                    window.autovacuum_share * 100.0,
+                    &format!("{how}; PostgreSQL's autovacuum workers, counted in each sample"),
+                );
+            }
             r.record(
                 "cost",
                 &format!("fan-out {name}: host RSS under load (max)"),

@@ -335,7 +335,7 @@ pub fn write(dir: &Path, results: &Results, cx: &Context<'_>) -> Result<()> {
     let _ = writeln!(md, "\n## Files\n");
     let _ = writeln!(
         md,
-        "- `figures.csv`: every figure, one value per run; `timeline.csv`: the service's counters, its CPU and RSS, and the CPU of the broker, PostgreSQL and the bench every 100 ms; `phases.csv`: when each phase ran; `latency.csv`: every measured event's latencies; `service-*.log`: the service's logs; `guest-bench-run*.txt`: the guest bench's output"
+        "- `figures.csv`: every figure, one value per run; `timeline.csv`: the service's counters, its CPU and RSS, the CPU of the broker, PostgreSQL and the bench, and PostgreSQL's autovacuum workers every 100 ms; `phases.csv`: when each phase ran; `latency.csv`: every measured event's latencies; `service-*.log`: the service's logs; `guest-bench-run*.txt`: the guest bench's output"
     );
     for plot in cx.plots {
         let _ = writeln!(md, "\n![{plot}]({plot})");
@@ -362,13 +362,22 @@ pub fn write(dir: &Path, results: &Results, cx: &Context<'_>) -> Result<()> {
     std::fs::write(dir.join("figures.csv"), csv)?;
 
     let mut csv = String::from(
-        "run,t_s,outputs,feedback_rows,events_in,host_cpu_s,host_rss_bytes,kafka_cpu_s,postgres_cpu_s,bench_cpu_s\n",
+        "run,t_s,outputs,feedback_rows,events_in,host_cpu_s,host_rss_bytes,kafka_cpu_s,postgres_cpu_s,bench_cpu_s,autovacuum_workers\n",
     );
     for (run, s) in &results.samples {
         let _ = writeln!(
             csv,
-            "{run},{:.3},{},{},{},{:.2},{},{:.2},{:.2},{:.2}",
-            s.t, s.outputs, s.rows, s.events_in, s.cpu, s.rss, s.kafka_cpu, s.pg_cpu, s.bench_cpu
+            "{run},{:.3},{},{},{},{:.2},{},{:.2},{:.2},{:.2},{}",
+            s.t,
+            s.outputs,
+            s.rows,
+            s.events_in,
+            s.cpu,
+            s.rss,
+            s.kafka_cpu,
+            s.pg_cpu,
+            s.bench_cpu,
+            s.autovacuum_workers
         );
     }
     std::fs::write(dir.join("timeline.csv"), csv)?;

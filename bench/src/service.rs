@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cpu::{own_cpu, proc_usage, tree_cpu};
+use crate::cpu::{autovacuum_workers, own_cpu, proc_usage, tree_cpu};
 use crate::stack::Stack;
 
 /// How often the sampler reads `/metrics` and `/proc`: fine enough to time each batch's commit
@@ -53,6 +53,8 @@ pub struct Sample {
     pub kafka_cpu: f64,
     pub pg_cpu: f64,
     pub bench_cpu: f64,
+    /// PostgreSQL's autovacuum workers running (NaN: not sampled).
+    pub autovacuum_workers: f64,
 }
 
 /// The other processes whose CPU time each sample records.
@@ -261,6 +263,7 @@ fn sample(port: u16, pid: u32, others: Others, epoch: Instant) -> Option<Sample>
         kafka_cpu: tree(others.kafka),
         pg_cpu: tree(others.postgres),
         bench_cpu: own_cpu(),
+        autovacuum_workers: others.postgres.map_or(f64::NAN, autovacuum_workers),
     })
 }
 

@@ -75,6 +75,9 @@ pub struct Window {
     pub kafka_cpu_per_million: f64,
     pub pg_cpu_per_million: f64,
     pub bench_cpu_per_million: f64,
+    /// The share of the window's samples in which PostgreSQL ran an autovacuum worker (NaN:
+    /// not sampled).
+    pub autovacuum_share: f64,
     /// The largest resident set sampled during the window.
     pub max_rss: u64,
 }
@@ -100,12 +103,14 @@ fn slope(
 pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window> {
     let (outputs_per_s, lo, hi) = slope(samples, |s| s.outputs, base.outputs, expected)?;
     let (rows_per_s, _, _) = slope(samples, |s| s.rows, base.rows, expected)?;
-    let max_rss = samples
-        .iter()
-        .filter(|s| s.t >= lo.t && s.t <= hi.t)
-        .map(|s| s.rss)
-        .max()
-        .unwrap_or(base.rss);
+    let inside = || samples.iter().filter(|s| s.t >= lo.t && s.t <= hi.t);
+    let max_rss = inside().map(|s| s.rss).max().unwrap_or(base.rss);
+    let vacuuming = inside().filter(|s| s.autovacuum_workers > 0.0).count();
+    let autovacuum_share = if inside().any(|s| s.autovacuum_workers.is_nan()) {
+        f64::NAN
+    } else {
+        vacuuming as f64 / inside().count() as f64
+    };
     let per_million =
         |cpu: fn(&Sample) -> f64| (cpu(hi) - cpu(lo)) / (hi.outputs - lo.outputs) * 1e6;
     Some(Window {
@@ -115,6 +120,7 @@ pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window
         kafka_cpu_per_million: per_million(|s| s.kafka_cpu),
         pg_cpu_per_million: per_million(|s| s.pg_cpu),
         bench_cpu_per_million: per_million(|s| s.bench_cpu),
+        autovacuum_share,
         max_rss,
     })
 }
@@ -161,6 +167,35 @@ mod tests {
         assert!((w.rows_per_s - 100.0).abs() < 1e-9);
         // 0.5 CPU seconds per 100 outputs.
         assert!((w.cpu_per_million - 5_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_autovacuum_share_counts_the_window_samples_with_a_worker() {
+        // 1,000 outputs at 100 a second from t = 0; a worker runs from t = 5 s on. The window
+        // runs from the sample that reached 100 outputs (t = 1) to the one that reached 900 (t = 9).
+        let samples: Vec<Sample> = (0..=10)
+            .map(|t| Sample {
+                autovacuum_workers: if t >= 5 { 1.0 } else { 0.0 },
+                ..sample(f64::from(t), 100.0 * f64::from(t), 0.0)
+            })
+            .collect();
+        let w = window(&samples, &samples[0], 1_000.0).unwrap();
+        // Samples t = 1..=9, of which t = 5..=9 had a worker.
+        assert!((w.autovacuum_share - 5.0 / 9.0).abs() < 1e-9, "{w:?}");
+
+        let unknown: Vec<Sample> = samples
+            .iter()
+            .map(|s| Sample {
+                autovacuum_workers: f64::NAN,
+                ..*s
+            })
+            .collect();
+        assert!(
+            window(&unknown, &unknown[0], 1_000.0)
+                .unwrap()
+                .autovacuum_share
+                .is_nan()
+        );
     }
 
     #[test]
