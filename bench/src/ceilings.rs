@@ -18,9 +18,8 @@
 //! - What each sink alone costs the machine: the CPU seconds of the server (PostgreSQL with its
 //!   backends, or the broker) and of the bench's client (COPY encoding, or the producer's
 //!   threads) per million rows, over the same window as the rate, to set beside what the service
-//!   costs them per output. (Their sum is no bound on the service: its producer, sending from a
-//!   busier process, batches more per request than this one, and its broker CPU per message is
-//!   often the lower.)
+//!   costs them per output. (Their sum is no floor for the service's cost: in quick benches on
+//!   2026-11-29 the service spent less CPU per output in all than the two alone did.)
 //! - The machine's memory: the latency of a random read in a working set the size of a busy
 //!   broker's or database's, which on a shared virtual machine can vary several-fold from one
 //!   day to the next and moves the other figures with it (see [`memory_latency`]).
