@@ -5,7 +5,7 @@
 //! - [`transform`]: the batch transform — active window, join, de-duplication.
 //! - [`message`]: the shape of the output message, serialised once per campaign.
 //! - [`packed`]: the packed string lists that cross the Wasm boundary.
-//! - [`component`] (wasm32 only): the thin adapter between the WIT bindings and the logic, and
+//! - `component` (wasm32 only): the thin adapter between the WIT bindings and the logic, and
 //!   the bindings themselves for variants of the transform that wrap it.
 //!
 //! The logic is plain Rust: it is unit-tested natively (`cargo test -p guest-transform`) and linked

@@ -1,7 +1,7 @@
 //! The pipeline: collect a batch, decide it, store the decisions, deliver them, commit.
 //!
 //! Per batch, in named stages:
-//! 1. [`collect`]: the records carried over from the previous batch, then new ones, up to
+//! 1. `collect`: the records carried over from the previous batch, then new ones, up to
 //!    `batch_max_events`, dropping those of revoked partitions; the group metadata the batch
 //!    commits with is taken when it closes (see [`rebalance`]).
 //! 2. decide: recall the decisions (or parts of decisions) stored for records of the batch by

@@ -127,7 +127,7 @@ impl KafkaSink {
     /// that decided it) and commits `commits` for the consumer group, atomically. After a
     /// retryable error the caller repeats the call with the same
     /// arguments (the pipeline retries a batch until it is written): the repeat first finishes
-    /// what the failed call left pending (see [`Pending`]), resuming a commit whose outcome is not
+    /// what the failed call left pending (see `Pending`), resuming a commit whose outcome is not
     /// known instead of sending the batch again, and aborting a failed transaction before the
     /// batch goes into a new one.
     pub fn write(

@@ -232,7 +232,7 @@ pub async fn undeliverable(
     transaction.commit().await.map_err(|e| classify(&e))
 }
 
-/// What [`write`] decided, in the order of its candidates.
+/// What [`write`](fn@write) decided, in the order of its candidates.
 #[derive(Debug)]
 pub struct Written<'a> {
     pub decisions: Vec<Decision<'a>>,
