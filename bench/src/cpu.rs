@@ -15,41 +15,57 @@ fn stat_fields(pid: &str) -> Option<Vec<u64>> {
     )
 }
 
-/// CPU seconds of a process and its children: its own utime + stime, the cutime + cstime of the
-/// children it has waited for (PostgreSQL's exited backends), and the utime + stime of its live
-/// children (the running backends). The children come from the kernel's list of them
-/// (`/proc/PID/task/PID/children`), not from a scan of `/proc`, which ten times a second would
-/// cost the bench more CPU than it should.
-pub fn tree_cpu(pid: u32) -> f64 {
+/// A server process with its children, as one sample reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct Tree {
+    /// CPU seconds of the process and its children: its own utime + stime, the cutime + cstime
+    /// of the children it has waited for (PostgreSQL's exited backends), and the utime + stime of
+    /// its live children (the running backends). NaN when the process cannot be read.
+    pub cpu: f64,
+    /// Live children titled `postgres: autovacuum worker` (NaN when the children cannot be
+    /// listed). Their CPU is PostgreSQL's too, taken from the same two cores as the service's
+    /// transactions, so a phase that overlaps them pays for work the tables' past left behind.
+    pub autovacuum_workers: f64,
+}
+
+impl Tree {
+    /// A process that could not be read, or has no pid to read.
+    pub const UNKNOWN: Tree = Tree {
+        cpu: f64::NAN,
+        autovacuum_workers: f64::NAN,
+    };
+}
+
+/// The process `pid` and its children. The children come from the kernel's list of them
+/// (`/proc/PID/task/PID/children`), read once, not from a scan of `/proc`, which ten times a
+/// second would cost the bench more CPU than it should.
+pub fn tree(pid: u32) -> Tree {
     // After the name: utime 11, stime 12, cutime 13, cstime 14.
     let Some(own) = stat_fields(&pid.to_string()) else {
-        return f64::NAN;
+        return Tree::UNKNOWN;
     };
     let mut ticks: u64 = own.get(11..15).map_or(0, |f| f.iter().sum());
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return Tree {
+            cpu: ticks as f64 / clock_ticks() as f64,
+            autovacuum_workers: f64::NAN,
+        };
+    };
+    let mut autovacuum_workers = 0;
     for child in children.split_whitespace() {
         if let Some(f) = stat_fields(child) {
             ticks += f.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
         }
+        if std::fs::read(format!("/proc/{child}/cmdline"))
+            .is_ok_and(|title| title.starts_with(b"postgres: autovacuum worker"))
+        {
+            autovacuum_workers += 1;
+        }
     }
-    ticks as f64 / clock_ticks() as f64
-}
-
-/// How many autovacuum workers PostgreSQL (its postmaster `pid`) runs now: children whose process
-/// title says so. Their CPU is PostgreSQL's too, taken from the same two cores as the service's
-/// transactions, so a phase that overlaps them pays for work the tables' past left behind.
-pub fn autovacuum_workers(pid: u32) -> f64 {
-    let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
-        return f64::NAN;
-    };
-    children
-        .split_whitespace()
-        .filter(|child| {
-            std::fs::read(format!("/proc/{child}/cmdline"))
-                .is_ok_and(|title| title.starts_with(b"postgres: autovacuum worker"))
-        })
-        .count() as f64
+    Tree {
+        cpu: ticks as f64 / clock_ticks() as f64,
+        autovacuum_workers: f64::from(autovacuum_workers),
+    }
 }
 
 /// CPU seconds of this process (all its threads: the generator, the reader, the sampler).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::ceilings;
-use crate::cpu::{proc_usage, tree_cpu};
+use crate::cpu::{proc_usage, tree};
 use crate::generator::Generator;
 use crate::reader::Reader;
 use crate::service::{Deployment, Sample, Service};
@@ -211,7 +211,7 @@ impl Bench<'_> {
             "a pointer chase through one random cycle (bench/src/ceilings.rs memory_latency)",
         );
         let (broker, postgres) = server_pids(&self.stack.root);
-        let cpu_of = |server: Option<u32>| move || server.map_or(f64::NAN, tree_cpu);
+        let cpu_of = |server: Option<u32>| move || server.map_or(f64::NAN, |pid| tree(pid).cpu);
         let pg = self.runtime.block_on(async {
             let client = self.stack.connect(db).await?;
             ceilings::postgres(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cpu::{autovacuum_workers, own_cpu, proc_usage, tree_cpu};
+use crate::cpu::{Tree, own_cpu, proc_usage, tree};
 use crate::stack::Stack;
 
 /// How often the sampler reads `/metrics` and `/proc`: fine enough to time each batch's commit
@@ -252,7 +252,8 @@ fn sample(port: u16, pid: u32, others: Others, epoch: Instant) -> Option<Sample>
     let metrics = http_get(port, "/metrics")?;
     let t = epoch.elapsed().as_secs_f64();
     let (cpu, rss) = proc_usage(pid)?;
-    let tree = |pid: Option<u32>| pid.map_or(f64::NAN, tree_cpu);
+    let kafka = others.kafka.map_or(Tree::UNKNOWN, tree);
+    let postgres = others.postgres.map_or(Tree::UNKNOWN, tree);
     Some(Sample {
         t,
         outputs: metric(&metrics, "campaign_push_outputs_total").unwrap_or(0.0),
@@ -260,10 +261,10 @@ fn sample(port: u16, pid: u32, others: Others, epoch: Instant) -> Option<Sample>
         events_in: metric(&metrics, "campaign_push_events_in_total").unwrap_or(0.0),
         cpu,
         rss,
-        kafka_cpu: tree(others.kafka),
-        pg_cpu: tree(others.postgres),
+        kafka_cpu: kafka.cpu,
+        pg_cpu: postgres.cpu,
         bench_cpu: own_cpu(),
-        autovacuum_workers: others.postgres.map_or(f64::NAN, autovacuum_workers),
+        autovacuum_workers: postgres.autovacuum_workers,
     })
 }
 
