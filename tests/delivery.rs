@@ -399,6 +399,37 @@ fn a_fan_out_larger_than_a_batch_is_delivered_in_parts_exactly_once_across_crash
 }
 
 /// The number of ledger pairs of `campaign`, and whether the ledger still knows its end.
+#[test]
+fn a_running_service_forgets_the_decisions_kafka_committed() {
+    const ROUNDS: usize = 6;
+    const EVENTS: usize = 6;
+    let env = StackEnv::load();
+    let run_id = unique_name("forget");
+    let subscriptions = Subscriptions::insert(&env, &run_id, 1, 2);
+    let restaurant = &subscriptions.restaurants[0];
+    let deployment = Deployment::new(&env, "forget");
+    let service = deployment.start(&env);
+    for round in 0..ROUNDS {
+        let events: Vec<String> = (0..EVENTS)
+            .map(|event| {
+                let campaign = format!("{run_id}-r{round}-e{event}");
+                campaign_event(&campaign, restaurant, "lunch")
+            })
+            .collect();
+        deployment.produce_spread(&events);
+        deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
+    }
+    // A batch's decisions go with a later batch's store, once its delivery is known: the last
+    // round's wait for the next input, and the round before's may have been stored before the
+    // last round's first batch knew of their delivery.
+    let stored = deployment.stored_decisions(&env);
+    assert!(
+        stored <= 2 * EVENTS as u64,
+        "{stored} of {} decisions still stored",
+        ROUNDS * EVENTS
+    );
+}
+
 fn ledger_of(env: &StackEnv, campaign: &str) -> (u64, bool) {
     let sql = format!(
         "SELECT (SELECT coalesce(sum(cardinality(clients)), 0) FROM campaign_push_ledger \

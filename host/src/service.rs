@@ -24,8 +24,8 @@ use crate::pipeline::rebalance::GroupContext;
 use crate::pipeline::regression::RegressionSettings;
 use crate::pipeline::transformer::Transformer;
 use crate::pipeline::{GroupConsumer, PgConnect, Pipeline, Settings};
-use crate::plan::Commit;
 use crate::plan::Limits;
+use crate::plan::{Commit, Forget};
 use crate::reload::{self, Reloader};
 use crate::retention::Retention;
 use crate::sinks::kafka::{self, KafkaSink, Topics};
@@ -272,7 +272,11 @@ async fn start_up(
         // After `init_transactions` (which aborts what a crashed predecessor left open: until
         // then the group's offsets are unstable and cannot be read) and before the consumer joins
         // the group (a JoinGroup request held by the coordinator would delay this lookup).
-        let committed = lookup.committed()?;
+        let committed: BTreeMap<i32, Forget> = lookup
+            .committed()?
+            .into_iter()
+            .map(|(partition, commit)| (partition, Forget::all_below(commit)))
+            .collect();
         let forgotten =
             postgres::forget_committed(&admin.client, &config.kafka.input_topic, &committed)
                 .await

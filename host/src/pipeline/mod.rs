@@ -26,6 +26,7 @@
 
 pub mod clock;
 pub mod courier;
+pub mod forgetting;
 pub mod outbox;
 pub mod rebalance;
 pub mod regression;
@@ -49,8 +50,8 @@ use crate::guest::{Budget, GuestIdentity, InputEvent};
 use crate::http::Progress;
 use crate::metrics::Metrics;
 use crate::plan::{
-    self, Candidate, Commit, Decision, Limits, Plan, Planned, Position, Step, StoredDecision,
-    Verdict,
+    self, Candidate, Commit, Decision, Forget, Limits, Plan, Planned, Position, Step,
+    StoredDecision, Verdict,
 };
 use crate::reload::Reloader;
 use crate::sinks::SinkError;
@@ -58,6 +59,7 @@ use crate::sinks::kafka::{self, KafkaSink};
 use crate::sinks::postgres::{self, Written};
 use clock::Clock;
 use courier::{Courier, Delivered, Done, InFlight};
+use forgetting::Forgetting;
 use outbox::{Outbox, Packed};
 use rebalance::GroupContext;
 use regression::{RegressionSettings, RegressionWatch, Verdict as RegressionVerdict};
@@ -332,7 +334,7 @@ impl Pipeline {
             progress: self.progress,
             settings: self.settings,
             retry,
-            confirmed: BTreeMap::new(),
+            forgetting: Forgetting::default(),
             watch,
         };
         stages.run(&shutdown).await
@@ -353,9 +355,9 @@ struct Stages {
     progress: Arc<Progress>,
     settings: Settings,
     retry: Retry,
-    /// The commits of the last batch whose Kafka transaction committed: their decisions are
-    /// forgotten with the next batch's PostgreSQL transaction.
-    confirmed: BTreeMap<i32, Commit>,
+    /// The decisions whose Kafka transaction committed: forgotten with the next batch's
+    /// PostgreSQL transaction.
+    forgetting: Forgetting,
     watch: RegressionWatch,
 }
 
@@ -535,17 +537,9 @@ impl Stages {
 
             // Store: the new decisions are taken for good.
             let candidates: Vec<&Candidate<'_>> = plan.candidates().collect();
+            let forgets = self.forgetting.due();
             let written = match self.postgres.client().await {
-                Ok(client) => {
-                    store(
-                        client,
-                        &self.input_topic,
-                        &candidates,
-                        &guest,
-                        &self.confirmed,
-                    )
-                    .await
-                }
+                Ok(client) => store(client, &self.input_topic, &candidates, &guest, &forgets).await,
                 Err(error) => Err(error),
             };
             let written = match written {
@@ -561,7 +555,7 @@ impl Stages {
                     continue;
                 }
             };
-            self.confirmed.clear();
+            self.forgetting.forgotten(&forgets);
             let stored = Instant::now();
             crate::crash_point!("between-commits");
 
@@ -731,7 +725,7 @@ impl Stages {
             first_received,
             span,
         } = pending;
-        self.confirmed = outbox.commits.clone();
+        self.forgetting.confirm(&outbox.commits);
         let entered = span.enter();
         let verdict = self.watch.record(
             delivered,
@@ -954,7 +948,7 @@ fn store<'a, 'b>(
     topic: &'b str,
     candidates: &'b [&'b Candidate<'a>],
     guest: &'a GuestIdentity,
-    confirmed: &'b BTreeMap<i32, Commit>,
+    confirmed: &'b BTreeMap<i32, Forget>,
 ) -> BoxFuture<'b, Result<Written<'a>, SinkError>>
 where
     'a: 'b,

@@ -141,6 +141,22 @@ impl StoredDecision {
     }
 }
 
+/// Which stored decisions of one partition a store forgets: those at offsets from `from` on that
+/// `until` (the group's committed position) proves delivered. Below `from` the host forgot them
+/// before (see the pipeline's `forgetting`); 0 reads the partition from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forget {
+    pub from: i64,
+    pub until: Commit,
+}
+
+impl Forget {
+    /// Every decision of the partition that `until` proves delivered.
+    pub fn all_below(until: Commit) -> Self {
+        Self { from: 0, until }
+    }
+}
+
 /// What a partition's consumer-group offset says once a batch's Kafka transaction commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Commit {
