@@ -19,7 +19,8 @@ pub const SWEEP_EVERY: u32 = 1_000;
 
 #[derive(Debug, Default)]
 pub struct Forgetting {
-    /// The commits of the last batch whose Kafka transaction committed, not yet forgotten.
+    /// Per partition, the latest commit of a batch whose Kafka transaction committed, not yet
+    /// forgotten.
     confirmed: BTreeMap<i32, Commit>,
     /// Per partition, the offset below which this host has forgotten every decision.
     forgotten_below: BTreeMap<i32, i64>,
@@ -28,9 +29,10 @@ pub struct Forgetting {
 }
 
 impl Forgetting {
-    /// A batch's Kafka transaction committed with `commits`: its decisions may go.
+    /// A batch's Kafka transaction committed with `commits`: its decisions may go. The commits of
+    /// an earlier batch not yet forgotten stay due for the partitions this one did not touch.
     pub fn confirm(&mut self, commits: &BTreeMap<i32, Commit>) {
-        self.confirmed = commits.clone();
+        self.confirmed.extend(commits);
     }
 
     /// What the next store forgets.
@@ -132,6 +134,14 @@ mod tests {
         // The store failed; meanwhile a later batch committed.
         forgetting.confirm(&commits(&[(0, 30)]));
         assert_eq!(froms(&forgetting.due()), [(0, 10, 30)], "nothing skipped");
+    }
+
+    #[test]
+    fn a_partition_the_next_batch_did_not_touch_stays_due() {
+        let mut forgetting = Forgetting::default();
+        forgetting.confirm(&commits(&[(0, 10), (1, 7)]));
+        forgetting.confirm(&commits(&[(0, 12)]));
+        assert_eq!(froms(&forgetting.due()), [(0, 0, 12), (1, 0, 7)]);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!    earlier attempts, run the others through the guest within the batch's output budget, and
 //!    [`plan`](crate::plan::plan) them.
 //! 3. store: one PostgreSQL transaction takes the new decisions for good (ledger, feedback rows,
-//!    decisions); data the database refuses is isolated by bisection and dead-lettered.
+//!    decisions) and deletes those whose delivery has committed since ([`forgetting`]); data the
+//!    database refuses is isolated by bisection and dead-lettered.
 //! 4. deliver: one Kafka transaction sends every decision of the batch, as decided, and commits
 //!    the consumed offsets (inside a record delivered in parts: the parts delivered). It runs on
 //!    a thread of its own ([`courier`]) while the next batch goes through stages 1–3.
