@@ -125,6 +125,10 @@ pub mod names {
     pub fn outputs(fan_out: usize) -> String {
         format!("fan-out {fan_out}: output messages/s")
     }
+    /// The rate that deciding and storing, one batch after another, allow.
+    pub fn serial_rate(fan_out: usize) -> String {
+        format!("fan-out {fan_out}: rate deciding and storing allow")
+    }
     pub fn cache_load(subscriptions: u64) -> String {
         format!("{subscriptions} subscriptions: cache load (the service's log)")
     }
@@ -418,6 +422,39 @@ impl Bench<'_> {
                 mib(window.max_rss),
                 &how,
             );
+            if let Some(batch) = window.per_batch {
+                let how = format!("{how}; the service's campaign_push_stage_seconds");
+                r.record(
+                    "stages",
+                    &format!("fan-out {name}: outputs per batch"),
+                    "outputs",
+                    batch.outputs,
+                    &how,
+                );
+                for (stage, seconds) in [
+                    ("deciding", batch.decide),
+                    ("storing", batch.store),
+                    ("the Kafka transaction", batch.deliver),
+                ] {
+                    r.record(
+                        "stages",
+                        &format!("fan-out {name}: per batch, {stage}"),
+                        "ms",
+                        seconds * 1e3,
+                        &how,
+                    );
+                }
+                r.record(
+                    "stages",
+                    &names::serial_rate(name),
+                    "rows/s",
+                    batch.serial_rate(),
+                    &format!(
+                        "{how}; outputs per batch ÷ (deciding + storing), which run one after \
+                         the other"
+                    ),
+                );
+            }
             ratios.push((name, window));
         }
 

@@ -171,6 +171,25 @@ fn targets(results: &Results, settings: &Settings) -> String {
             rows10.map_or("–".into(), |rate| format!("{:.0} %", rate / cap * 100.0)),
         )
     });
+    let stage = |stage: &str| get(&format!("fan-out 10: per batch, {stage}"));
+    let serial_limit = match (
+        stage("deciding"),
+        stage("storing"),
+        stage("the Kafka transaction"),
+        get(&names::serial_rate(10)),
+    ) {
+        (Some(decide), Some(store), Some(deliver), Some(rate)) => format!(
+            "; the stages: a batch spent {} ms deciding and then {} ms storing, one after the \
+             other (its Kafka transaction, {} ms, runs beside the next batch's), which allows {} \
+             rows/s",
+            format_value(decide, "ms"),
+            format_value(store, "ms"),
+            format_value(deliver, "ms"),
+            format_value(rate, "rows/s"),
+        ),
+        _ => String::new(),
+    };
+    let rate_limit = format!("{rate_limit}{serial_limit}");
     let latency_limit =
         get("Kafka alone: one small transaction, p99").map_or("not measured".into(), |floor| {
             format!(

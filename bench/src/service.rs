@@ -55,6 +55,18 @@ pub struct Sample {
     pub bench_cpu: f64,
     /// PostgreSQL's autovacuum workers running (NaN: not sampled).
     pub autovacuum_workers: f64,
+    pub stages: StageSums,
+}
+
+/// What the service's stage histograms (`campaign_push_stage_seconds`) have summed so far: the
+/// batches committed, the seconds spent deciding and storing them (stages that run one after the
+/// other) and in their Kafka transactions (which run beside the next batch's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageSums {
+    pub batches: f64,
+    pub decide: f64,
+    pub store: f64,
+    pub deliver: f64,
 }
 
 /// The other processes whose CPU time each sample records.
@@ -265,7 +277,21 @@ fn sample(port: u16, pid: u32, others: Others, epoch: Instant) -> Option<Sample>
         pg_cpu: postgres.cpu,
         bench_cpu: own_cpu(),
         autovacuum_workers: postgres.autovacuum_workers,
+        stages: StageSums {
+            batches: stage_metric(&metrics, "count", "postgres").unwrap_or(0.0),
+            decide: stage_metric(&metrics, "sum", "decide").unwrap_or(0.0),
+            store: stage_metric(&metrics, "sum", "postgres").unwrap_or(0.0),
+            deliver: stage_metric(&metrics, "sum", "kafka").unwrap_or(0.0),
+        },
     })
+}
+
+/// `campaign_push_stage_seconds_<what>` (`sum` or `count`) of one stage.
+fn stage_metric(text: &str, what: &str, stage: &str) -> Option<f64> {
+    metric(
+        text,
+        &format!("campaign_push_stage_seconds_{what}{{stage=\"{stage}\"}}"),
+    )
 }
 
 /// The value of a counter or gauge without labels in a Prometheus text exposition.

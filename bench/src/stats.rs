@@ -80,6 +80,37 @@ pub struct Window {
     pub autovacuum_share: f64,
     /// The largest resident set sampled during the window.
     pub max_rss: u64,
+    /// The batches committed in the window, on average (`None`: no batch committed in it).
+    pub per_batch: Option<PerBatch>,
+}
+
+/// A batch of a throughput window, on average.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerBatch {
+    pub outputs: f64,
+    /// Seconds deciding and storing: one after the other, so they bound the rate at
+    /// `outputs / (decide + store)` whatever the cores could do.
+    pub decide: f64,
+    pub store: f64,
+    /// Seconds in the Kafka transaction, which runs beside the next batch's decide and store.
+    pub deliver: f64,
+}
+
+impl PerBatch {
+    fn between(lo: &Sample, hi: &Sample) -> Option<Self> {
+        let batches = hi.stages.batches - lo.stages.batches;
+        (batches >= 1.0).then(|| Self {
+            outputs: (hi.outputs - lo.outputs) / batches,
+            decide: (hi.stages.decide - lo.stages.decide) / batches,
+            store: (hi.stages.store - lo.stages.store) / batches,
+            deliver: (hi.stages.deliver - lo.stages.deliver) / batches,
+        })
+    }
+
+    /// The outputs per second that deciding and storing, one batch after another, allow.
+    pub fn serial_rate(&self) -> f64 {
+        self.outputs / (self.decide + self.store)
+    }
 }
 
 /// The rate of a counter between the samples where it first reached 10 % and 90 % of
@@ -122,12 +153,14 @@ pub fn window(samples: &[Sample], base: &Sample, expected: f64) -> Option<Window
         bench_cpu_per_million: per_million(|s| s.bench_cpu),
         autovacuum_share,
         max_rss,
+        per_batch: PerBatch::between(lo, hi),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::StageSums;
 
     fn sample(t: f64, n: f64, cpu: f64) -> Sample {
         Sample {
@@ -195,6 +228,46 @@ mod tests {
                 .unwrap()
                 .autovacuum_share
                 .is_nan()
+        );
+    }
+
+    #[test]
+    fn the_window_gives_its_batches_stages_on_average() {
+        // A batch of 100 outputs a second, each 0.2 s deciding, 0.5 s storing, 0.3 s in Kafka.
+        let samples: Vec<Sample> = (0..=10)
+            .map(|t| {
+                let batches = f64::from(t);
+                Sample {
+                    stages: StageSums {
+                        batches,
+                        decide: 0.2 * batches,
+                        store: 0.5 * batches,
+                        deliver: 0.3 * batches,
+                    },
+                    ..sample(f64::from(t), 100.0 * batches, 0.0)
+                }
+            })
+            .collect();
+        let per_batch = window(&samples, &samples[0], 1_000.0)
+            .unwrap()
+            .per_batch
+            .unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(per_batch.outputs, 100.0), "{per_batch:?}");
+        assert!(close(per_batch.decide, 0.2) && close(per_batch.store, 0.5));
+        assert!(close(per_batch.deliver, 0.3));
+        // 100 outputs per 0.7 s of deciding and storing.
+        assert!(close(per_batch.serial_rate(), 100.0 / 0.7));
+
+        // Counters without stage histograms (a service that does not export them).
+        let bare: Vec<Sample> = (0..=10)
+            .map(|t| sample(f64::from(t), 100.0 * f64::from(t), 0.0))
+            .collect();
+        assert!(
+            window(&bare, &bare[0], 1_000.0)
+                .unwrap()
+                .per_batch
+                .is_none()
         );
     }
 
