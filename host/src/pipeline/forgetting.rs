@@ -24,7 +24,7 @@ pub struct Forgetting {
     confirmed: BTreeMap<i32, Commit>,
     /// Per partition, the offset below which this host has forgotten every decision.
     forgotten_below: BTreeMap<i32, i64>,
-    /// Forgets since the last one that read from the partitions' start.
+    /// Forgets since `forgotten_below` was last cleared.
     since_sweep: u32,
 }
 
@@ -37,21 +37,21 @@ impl Forgetting {
 
     /// What the next store forgets.
     pub fn due(&self) -> BTreeMap<i32, Forget> {
-        let sweep = self.since_sweep >= SWEEP_EVERY;
         self.confirmed
             .iter()
             .map(|(&partition, &until)| {
-                let from = match self.forgotten_below.get(&partition) {
-                    Some(&below) if !sweep => below,
-                    _ => 0,
+                let forget = match self.forgotten_below.get(&partition) {
+                    Some(&from) => Forget { from, until },
+                    None => Forget::all_below(until),
                 };
-                (partition, Forget { from, until })
+                (partition, forget)
             })
             .collect()
     }
 
     /// A store that forgot `forgets` (what [`due`](Self::due) said) committed.
     pub fn forgotten(&mut self, forgets: &BTreeMap<i32, Forget>) {
+        // A store with nothing to forget deleted nothing: not a forget to count.
         if forgets.is_empty() {
             return;
         }
@@ -62,10 +62,12 @@ impl Forgetting {
                 self.confirmed.remove(&partition);
             }
         }
-        if forgets.values().all(|forget| forget.from == 0) {
+        self.since_sweep += 1;
+        if self.since_sweep > SWEEP_EVERY {
+            // Each partition's next forget reads it from its first offset, whichever batch
+            // touches it next.
+            self.forgotten_below.clear();
             self.since_sweep = 0;
-        } else {
-            self.since_sweep += 1;
         }
     }
 }
@@ -167,5 +169,21 @@ mod tests {
             forgetting.forgotten(&due);
         }
         assert_eq!(from_the_start, [0, SWEEP_EVERY + 1, 2 * SWEEP_EVERY + 2]);
+
+        // A partition that the sweeping batch did not touch reads from its start when one does.
+        forgetting.confirm(&commits(&[(2, 3)]));
+        let first = forgetting.due();
+        forgetting.forgotten(&first);
+        for batch in 0.. {
+            assert!(batch <= SWEEP_EVERY + 1, "no sweep");
+            forgetting.confirm(&commits(&[(0, 10_000 + i64::from(batch))]));
+            let due = forgetting.due();
+            forgetting.forgotten(&due);
+            if due[&0].from == 0 {
+                break;
+            }
+        }
+        forgetting.confirm(&commits(&[(2, 9)]));
+        assert_eq!(froms(&forgetting.due()), [(2, 0, 9)]);
     }
 }
