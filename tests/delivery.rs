@@ -398,7 +398,6 @@ fn a_fan_out_larger_than_a_batch_is_delivered_in_parts_exactly_once_across_crash
     drop(restarted);
 }
 
-/// The number of ledger pairs of `campaign`, and whether the ledger still knows its end.
 #[test]
 fn a_running_service_forgets_the_decisions_kafka_committed() {
     const ROUNDS: usize = 6;
@@ -430,6 +429,7 @@ fn a_running_service_forgets_the_decisions_kafka_committed() {
     );
 }
 
+/// The number of ledger pairs of `campaign`, and whether the ledger still knows its end.
 fn ledger_of(env: &StackEnv, campaign: &str) -> (u64, bool) {
     let sql = format!(
         "SELECT (SELECT coalesce(sum(cardinality(clients)), 0) FROM campaign_push_ledger \

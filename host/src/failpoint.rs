@@ -1,10 +1,10 @@
 //! Test-only crash points in the delivery protocol.
 //!
 //! Built with the `failpoints` feature (`make test` enables it; release builds do not), each
-//! [`crash_point!`](crate::crash_point) is a `fail` failpoint configured by the `FAILPOINTS` environment variable,
-//! e.g. `FAILPOINTS=between-commits=2*off->return`: the third time the process reaches
-//! `between-commits`, it aborts on the spot, as a crash or a SIGKILL would stop it. Without the
-//! feature the macro expands to nothing.
+//! [`crash_point!`](crate::crash_point) is a `fail` failpoint configured by the `FAILPOINTS`
+//! environment variable, e.g. `FAILPOINTS=between-commits=2*off->return`: the third time the
+//! process reaches `between-commits`, it aborts on the spot, as a crash or a SIGKILL would stop
+//! it. Without the feature the macro expands to nothing.
 //!
 //! The points, in protocol order: `before-postgres-commit` (the batch's decisions written, not
 //! committed), `between-commits` (PostgreSQL committed, the Kafka transaction not begun),

@@ -949,13 +949,13 @@ fn store<'a, 'b>(
     topic: &'b str,
     candidates: &'b [&'b Candidate<'a>],
     guest: &'a GuestIdentity,
-    confirmed: &'b BTreeMap<i32, Forget>,
+    forgets: &'b BTreeMap<i32, Forget>,
 ) -> BoxFuture<'b, Result<Written<'a>, SinkError>>
 where
     'a: 'b,
 {
     Box::pin(async move {
-        let refused = match postgres::write(client, topic, candidates, guest, confirmed).await {
+        let refused = match postgres::write(client, topic, candidates, guest, forgets).await {
             Err(SinkError::Refused(reason)) => reason,
             other => return other,
         };
@@ -974,11 +974,11 @@ where
             );
             let isolated =
                 candidate.dead_lettered(format!("PostgreSQL refused the event's rows: {refused}"));
-            return postgres::write(client, topic, &[&isolated], guest, confirmed).await;
+            return postgres::write(client, topic, &[&isolated], guest, forgets).await;
         }
         let (left, right) = candidates.split_at(candidates.len() / 2);
-        let mut written = store(client, topic, left, guest, confirmed).await?;
-        let rest = store(client, topic, right, guest, confirmed).await?;
+        let mut written = store(client, topic, left, guest, forgets).await?;
+        let rest = store(client, topic, right, guest, forgets).await?;
         written.decisions.extend(rest.decisions);
         written.rows_inserted += rest.rows_inserted;
         Ok(written)

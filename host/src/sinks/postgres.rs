@@ -249,8 +249,8 @@ pub struct Written<'a> {
 }
 
 /// Stores the decisions of `candidates`, taken by `guest`, in one transaction; see the module
-/// doc. The decisions that `confirmed` names (those the last batch whose Kafka transaction
-/// committed proves delivered) are forgotten in the same transaction, saving a round trip.
+/// doc. The decisions that `forgets` names (those the batches whose Kafka transactions
+/// committed since prove delivered) are forgotten in the same transaction, saving a round trip.
 ///
 /// [`SinkError::Refused`] means that the database refused the data of one of the candidates for
 /// good; [`SinkError::Conflict`], that another attempt stored a decision for one of them first.
@@ -259,7 +259,7 @@ pub async fn write<'a>(
     topic: &str,
     candidates: &[&Candidate<'a>],
     guest: &'a GuestIdentity,
-    confirmed: &BTreeMap<i32, Forget>,
+    forgets: &BTreeMap<i32, Forget>,
 ) -> Result<Written<'a>, SinkError> {
     let transaction = client.transaction().await.map_err(|e| classify(&e))?;
     // JIT compilation only costs these short statements time: the ledger's lookup, costed high
@@ -272,7 +272,7 @@ pub async fn write<'a>(
                 .await
                 .map_err(|e| classify(&e))
         },
-        forget_committed(&transaction, topic, confirmed),
+        forget_committed(&transaction, topic, forgets),
     )?;
     let written = decide(&transaction, topic, candidates, guest)
         .await
