@@ -81,6 +81,21 @@ impl Settings {
                 },
             ]
         };
+        // `BENCH_FAN_OUTS=10`: only the phases of these fan-outs (e.g. to compare two builds).
+        let fan_outs = match std::env::var("BENCH_FAN_OUTS") {
+            Ok(list) => {
+                let wanted = list
+                    .split(',')
+                    .map(|item| item.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("BENCH_FAN_OUTS={list}: {e}"))?;
+                fan_outs
+                    .into_iter()
+                    .filter(|phase| wanted.contains(&phase.fan_out))
+                    .collect()
+            }
+            Err(_) => fan_outs,
+        };
         Ok(Self {
             quick,
             runs: number("BENCH_RUNS", if quick { 1 } else { 3 })?.max(1) as usize,
