@@ -5,8 +5,7 @@
 //! something changes that would change a recomputation — the campaign ends, a subscriber leaves,
 //! another guest is deployed — and the restarted service must send exactly the stored messages,
 //! each identical to its feedback row. And data that a sink refuses (or would refuse) is
-//! dead-lettered with its reason while the events after it are delivered, and a backlog whose
-//! batches are decided while the batch before is stored is delivered exactly once.
+//! dead-lettered with its reason while the events after it are delivered.
 
 mod support;
 
@@ -49,8 +48,8 @@ fn incompressible(len: usize) -> String {
     text
 }
 
-/// The feedback rows that `condition` selects, as JSON objects with the ten contract fields.
-fn feedback_rows(env: &StackEnv, condition: &str) -> Vec<serde_json::Value> {
+/// The feedback rows of `campaign`, as JSON objects with the ten contract fields, by client.
+fn rows_of(env: &StackEnv, campaign: &str) -> BTreeMap<String, serde_json::Value> {
     let sql = format!(
         "SELECT json_build_object('restaurant_id', restaurant_id, 'adv_campaign_id', \
          adv_campaign_id, 'adv_campaign_content', adv_campaign_content, 'adv_campaign_owner', \
@@ -58,21 +57,13 @@ fn feedback_rows(env: &StackEnv, condition: &str) -> Vec<serde_json::Value> {
          'adv_campaign_datetime_start', adv_campaign_datetime_start, \
          'adv_campaign_datetime_end', adv_campaign_datetime_end, 'datetime_created', \
          datetime_created, 'client_id', client_id, 'trigger_datetime_created', \
-         trigger_datetime_created) FROM subscribers_feedback WHERE {condition}"
+         trigger_datetime_created) FROM subscribers_feedback WHERE adv_campaign_id = '{campaign}'"
     );
     let finished = run(&mut psql(env, "", &sql), None);
     finished.assert_success();
-    finished
-        .stdout_text()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-/// The feedback rows of `campaign`, by client.
-fn rows_of(env: &StackEnv, campaign: &str) -> BTreeMap<String, serde_json::Value> {
     let mut rows = BTreeMap::new();
-    for row in feedback_rows(env, &format!("adv_campaign_id = '{campaign}'")) {
+    for line in finished.stdout_text().lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let client = row["client_id"].as_str().unwrap().to_owned();
         assert!(
             rows.insert(client, row).is_none(),
@@ -435,72 +426,6 @@ fn a_running_service_forgets_the_decisions_kafka_committed() {
         stored <= 2 * EVENTS as u64,
         "{stored} of {} decisions still stored",
         ROUNDS * EVENTS
-    );
-}
-
-#[test]
-fn a_backlog_decided_a_batch_ahead_is_delivered_exactly_once() {
-    const BLOCKS: usize = 40;
-    const NEW_PER_BLOCK: usize = 5;
-    const CLIENTS: usize = 2;
-    let env = StackEnv::load();
-    let run_id = unique_name("ahead");
-    let subscriptions = Subscriptions::insert(&env, &run_id, 1, CLIENTS);
-    let restaurant = &subscriptions.restaurants[0];
-    // One partition and batches of ten: every campaign comes again five records after its block,
-    // in the batch after its first, which is decided while the first is stored; only the ledger,
-    // in that batch's own store, knows the pairs are not new.
-    let deployment = Deployment::with_input_partitions(&env, "ahead", 1);
-    let event = |campaign: usize| {
-        campaign_event(&format!("{run_id}-c{campaign}"), restaurant, "two for one")
-    };
-    let mut events = Vec::new();
-    for block in 0..BLOCKS {
-        let new = block * NEW_PER_BLOCK..(block + 1) * NEW_PER_BLOCK;
-        events.extend(new.clone().map(event));
-        if block > 0 {
-            events.extend(new.map(|campaign| event(campaign - NEW_PER_BLOCK)));
-        }
-    }
-    deployment.produce_spread(&events);
-
-    let service =
-        deployment.start_with(&env, &[("CAMPAIGN_PUSH__PIPELINE__BATCH_MAX_EVENTS", "10")]);
-    deployment.wait_consumed_checking(DEADLINE, || service.assert_running());
-
-    let mut rows = BTreeMap::new();
-    for row in feedback_rows(&env, &format!("adv_campaign_id LIKE '{run_id}-%'")) {
-        let pair = (
-            row["adv_campaign_id"].as_str().unwrap().to_owned(),
-            row["client_id"].as_str().unwrap().to_owned(),
-        );
-        assert!(
-            rows.insert(pair.clone(), row).is_none(),
-            "two rows for {pair:?}"
-        );
-    }
-    assert_eq!(rows.len(), BLOCKS * NEW_PER_BLOCK * CLIENTS);
-    let mut messages = BTreeMap::new();
-    for message in deployment.read_all(&deployment.output.name) {
-        let value = message.json();
-        let pair = (
-            value["adv_campaign_id"].as_str().unwrap().to_owned(),
-            message.key_text().to_owned(),
-        );
-        assert!(
-            messages.insert(pair.clone(), value).is_none(),
-            "two messages for {pair:?}"
-        );
-    }
-    assert_eq!(messages, rows, "the messages are not the rows");
-    let metric = |name: &str| service.metric(name).unwrap_or_default();
-    assert!(
-        metric("campaign_push_batches_decided_ahead_total") >= 1.0,
-        "no batch was decided while the one before it was stored"
-    );
-    assert!(
-        metric("campaign_push_duplicates_suppressed_total") >= 1.0,
-        "no re-sent campaign reached the ledger"
     );
 }
 

@@ -125,9 +125,9 @@ pub mod names {
     pub fn outputs(fan_out: usize) -> String {
         format!("fan-out {fan_out}: output messages/s")
     }
-    /// The rate that the slowest stage of a batch allows.
-    pub fn stage_rate(fan_out: usize) -> String {
-        format!("fan-out {fan_out}: rate the slowest stage allows")
+    /// The rate that deciding and storing, one batch after another, allow.
+    pub fn serial_rate(fan_out: usize) -> String {
+        format!("fan-out {fan_out}: rate deciding and storing allow")
     }
     pub fn cache_load(subscriptions: u64) -> String {
         format!("{subscriptions} subscriptions: cache load (the service's log)")
@@ -446,13 +446,12 @@ impl Bench<'_> {
                 }
                 r.record(
                     "stages",
-                    &names::stage_rate(name),
+                    &names::serial_rate(name),
                     "rows/s",
-                    batch.stage_rate(),
+                    batch.serial_rate(),
                     &format!(
-                        "{how}; outputs per batch ÷ the slowest of deciding, storing and the \
-                         Kafka transaction (a batch is stored while the next is decided and the \
-                         previous one delivered)"
+                        "{how}; outputs per batch ÷ (deciding + storing), which run one after \
+                         the other"
                     ),
                 );
             }

@@ -172,15 +172,16 @@ fn targets(results: &Results, settings: &Settings) -> String {
         )
     });
     let stage = |stage: &str| get(&format!("fan-out 10: per batch, {stage}"));
-    let stage_limit = match (
+    let serial_limit = match (
         stage("deciding"),
         stage("storing"),
         stage("the Kafka transaction"),
-        get(&names::stage_rate(10)),
+        get(&names::serial_rate(10)),
     ) {
         (Some(decide), Some(store), Some(deliver), Some(rate)) => format!(
-            "; the stages: a batch spent {} ms deciding, {} ms storing and {} ms in its Kafka \
-             transaction, each beside another batch's stage, so the slowest allows {} rows/s",
+            "; the stages: a batch spent {} ms deciding and then {} ms storing, one after the \
+             other (its Kafka transaction, {} ms, runs beside the next batch's), which allows {} \
+             rows/s",
             format_value(decide, "ms"),
             format_value(store, "ms"),
             format_value(deliver, "ms"),
@@ -188,7 +189,7 @@ fn targets(results: &Results, settings: &Settings) -> String {
         ),
         _ => String::new(),
     };
-    let rate_limit = format!("{rate_limit}{stage_limit}");
+    let rate_limit = format!("{rate_limit}{serial_limit}");
     let latency_limit =
         get("Kafka alone: one small transaction, p99").map_or("not measured".into(), |floor| {
             format!(

@@ -88,11 +88,11 @@ pub struct Window {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PerBatch {
     pub outputs: f64,
-    /// Seconds deciding (recall, guest and plan), storing, and in the Kafka transaction. A batch's
-    /// store runs beside the next batch's decision and the previous batch's Kafka transaction, so
-    /// the slowest of the three bounds the rate whatever the cores could do.
+    /// Seconds deciding and storing: one after the other, so they bound the rate at
+    /// `outputs / (decide + store)` whatever the cores could do.
     pub decide: f64,
     pub store: f64,
+    /// Seconds in the Kafka transaction, which runs beside the next batch's decide and store.
     pub deliver: f64,
 }
 
@@ -107,9 +107,9 @@ impl PerBatch {
         })
     }
 
-    /// The outputs per second that the slowest stage allows.
-    pub fn stage_rate(&self) -> f64 {
-        self.outputs / self.decide.max(self.store).max(self.deliver)
+    /// The outputs per second that deciding and storing, one batch after another, allow.
+    pub fn serial_rate(&self) -> f64 {
+        self.outputs / (self.decide + self.store)
     }
 }
 
@@ -256,8 +256,8 @@ mod tests {
         assert!(close(per_batch.outputs, 100.0), "{per_batch:?}");
         assert!(close(per_batch.decide, 0.2) && close(per_batch.store, 0.5));
         assert!(close(per_batch.deliver, 0.3));
-        // 100 outputs per 0.5 s of storing, the slowest stage.
-        assert!(close(per_batch.stage_rate(), 100.0 / 0.5));
+        // 100 outputs per 0.7 s of deciding and storing.
+        assert!(close(per_batch.serial_rate(), 100.0 / 0.7));
 
         // Counters without stage histograms (a service that does not export them).
         let bare: Vec<Sample> = (0..=10)

@@ -19,8 +19,6 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     pub sink_retries: Family<Vec<(String, String)>, Counter>,
     pub batch_size: Histogram,
-    /// Batches stored with the decision made while the batch before them was stored.
-    pub batches_decided_ahead: Counter,
     pub batch_seconds: Histogram,
     pub stage_seconds: StageHistograms,
     pub consumer_lag: Gauge,
@@ -51,7 +49,6 @@ impl Default for Metrics {
             dead_lettered: Counter::default(),
             sink_retries: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            batches_decided_ahead: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             stage_seconds: Family::new_with_constructor(stage_histogram),
             consumer_lag: Gauge::default(),
@@ -104,11 +101,6 @@ impl Default for Metrics {
         );
         registry.register("batch_size", "Events per batch", metrics.batch_size.clone());
         registry.register(
-            "batches_decided_ahead",
-            "Batches decided while the batch before them was stored",
-            metrics.batches_decided_ahead.clone(),
-        );
-        registry.register(
             "batch_seconds",
             "Time from a batch's first event to its commit in both sinks",
             metrics.batch_seconds.clone(),
@@ -116,8 +108,7 @@ impl Default for Metrics {
         registry.register(
             "stage_seconds",
             "Time a batch spends in each stage: collect (first event to batch closed), decide \
-             (recall, guest and plan; for a batch decided ahead, beside the previous batch's \
-             store), postgres (store), kafka (deliver and commit)",
+             (recall and guest), postgres (store), kafka (deliver and commit)",
             metrics.stage_seconds.clone(),
         );
         registry.register(

@@ -2,13 +2,11 @@
 //!
 //! Per batch, in named stages:
 //! 1. `collect`: the records carried over from the previous batch, then new ones, up to
-//!    `batch_max_events`, dropping those of revoked partitions; then the records already waiting
-//!    after it (`take_waiting`); the group metadata the batch commits with is taken after that
-//!    last poll (see [`rebalance`]).
-//! 2. [`decide`]: recall the decisions (or parts of decisions) stored for records of the batch
-//!    by earlier attempts, run the others through the guest within the batch's output budget,
-//!    and [`plan`](crate::plan::plan) them. When the records waiting after the batch fill one
-//!    and the batch carries nothing into it, they are decided while the batch is stored.
+//!    `batch_max_events`, dropping those of revoked partitions; the group metadata the batch
+//!    commits with is taken when it closes (see [`rebalance`]).
+//! 2. decide: recall the decisions (or parts of decisions) stored for records of the batch by
+//!    earlier attempts, run the others through the guest within the batch's output budget, and
+//!    [`plan`](crate::plan::plan) them.
 //! 3. store: one PostgreSQL transaction takes the new decisions for good (ledger, feedback rows,
 //!    decisions) and deletes those whose delivery has committed since ([`forgetting`]); data the
 //!    database refuses is isolated by bisection and dead-lettered.
@@ -29,7 +27,6 @@
 
 pub mod clock;
 pub mod courier;
-pub mod decide;
 pub mod forgetting;
 pub mod outbox;
 pub mod rebalance;
@@ -37,16 +34,15 @@ pub mod regression;
 pub mod retry;
 pub mod transformer;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use rdkafka::Message;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, TopicPartitionList};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -55,18 +51,18 @@ use crate::guest::{Budget, GuestIdentity, InputEvent};
 use crate::http::Progress;
 use crate::metrics::Metrics;
 use crate::plan::{
-    self, Candidate, Commit, Decision, Forget, Limits, Plan, Planned, Position, Verdict,
+    self, Candidate, Commit, Decision, Forget, Limits, Plan, Planned, Position, Step,
+    StoredDecision, Verdict,
 };
 use crate::reload::Reloader;
 use crate::sinks::SinkError;
-use crate::sinks::kafka::KafkaSink;
+use crate::sinks::kafka::{self, KafkaSink};
 use crate::sinks::postgres::{self, Written};
 use clock::Clock;
 use courier::{Courier, Delivered, Done, InFlight};
-use decide::{DecideError, Decided, Decider};
 use forgetting::Forgetting;
 use outbox::{Outbox, Packed};
-use rebalance::{GroupContext, Revoked};
+use rebalance::GroupContext;
 use regression::{RegressionSettings, RegressionWatch, Verdict as RegressionVerdict};
 use retry::Retry;
 use transformer::Transformer;
@@ -162,39 +158,6 @@ impl Batch {
         ranges
     }
 
-    /// Appends a record received from the consumer.
-    fn push(&mut self, message: &BorrowedMessage<'_>) {
-        if self.events.is_empty() {
-            self.first_received = Instant::now();
-        }
-        self.events.push(InputEvent {
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().unwrap_or_default().to_vec(),
-            resume: None,
-        });
-        self.positions.push(Position {
-            partition: message.partition(),
-            offset: message.offset(),
-        });
-    }
-
-    /// Drops the records of `revoked` partitions; whether there were any.
-    fn drop_revoked(&mut self, revoked: &Revoked) -> bool {
-        if *revoked == Revoked::Nothing {
-            return false;
-        }
-        let before = self.events.len();
-        self.retain_partitions(|partition| !revoked.contains(partition));
-        let dropped = before - self.events.len();
-        if dropped > 0 {
-            tracing::info!(
-                dropped,
-                "records of revoked partitions dropped from a batch"
-            );
-        }
-        dropped > 0
-    }
-
     fn retain_partitions(&mut self, keep: impl Fn(i32) -> bool) {
         let mut index = 0;
         let mut carried = 0;
@@ -211,15 +174,11 @@ impl Batch {
     }
 }
 
-/// When a batch's stages ended, and how long its deciding and storing took (the batch after the
-/// one being stored is decided meanwhile), for its metrics and debug line.
+/// When each stage of a batch ended, for its metrics and debug line.
 #[derive(Debug, Clone, Copy)]
 struct StageTimes {
-    /// When the batch was closed and its deciding began.
     collected: Instant,
-    /// Deciding and planning.
-    deciding: Duration,
-    storing: Duration,
+    decided: Instant,
     stored: Instant,
 }
 
@@ -361,28 +320,17 @@ impl Pipeline {
         };
         let courier = Courier::new(self.kafka, self.consumer.clone(), retry.clone());
         let watch = RegressionWatch::new(self.regression, &self.transformer.identity().sha256);
-        let decider = Decider {
-            transformer: self.transformer,
-            postgres: Postgres {
-                connect: self.pg_connect.clone(),
-                client: None,
-            },
-            consumer: self.consumer.clone(),
-            input_topic: self.input_topic.clone(),
-            clock: self.clock,
-            budget: self.settings.budget,
-            kafka_timeout: self.settings.kafka_timeout,
-        };
         let mut stages = Stages {
             consumer: self.consumer,
             reloader: self.reloader,
             input_topic: self.input_topic,
-            decider,
+            transformer: self.transformer,
             postgres: Postgres {
                 connect: self.pg_connect,
                 client: None,
             },
             courier,
+            clock: self.clock,
             metrics: self.metrics,
             progress: self.progress,
             settings: self.settings,
@@ -400,10 +348,10 @@ struct Stages {
     consumer: Arc<GroupConsumer>,
     reloader: Arc<Reloader>,
     input_topic: String,
-    decider: Decider,
-    /// The store stage's connection.
+    transformer: Transformer,
     postgres: Postgres,
     courier: Courier,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
     settings: Settings,
@@ -414,44 +362,30 @@ struct Stages {
     watch: RegressionWatch,
 }
 
-/// The batch after the one in work, made of the records already waiting when that one closed, and
-/// decided while that one was stored (`None`: decided when its turn comes).
-struct Upcoming {
-    batch: Batch,
-    decided: Option<Decided>,
-}
-
 impl Stages {
     async fn run(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut sent: Option<Sent> = None;
         let mut next = Batch::empty();
-        let mut upcoming: Option<Upcoming> = None;
         loop {
-            let (mut batch, mut decided) = match upcoming.take() {
-                Some(Upcoming { batch, decided }) => (batch, decided),
-                None => {
-                    let in_flight = sent.as_mut().map(|sent| &mut sent.in_flight);
-                    match collect(&self.consumer, &self.settings, next, in_flight, shutdown).await?
-                    {
-                        Collected::Batch(batch) => (batch, None),
-                        Collected::Shutdown => return self.finish(sent, shutdown).await,
-                        Collected::Delivered(partial, joined) => {
-                            let pending = sent.take().expect("a delivery was in flight").pending;
-                            next = match self.settle(pending, *joined, shutdown).await? {
-                                Settled::Committed => partial,
-                                Settled::Redone { batch, carried } => {
-                                    self.assigned(Batch::after(batch.carry(&carried), partial))?
-                                }
-                                Settled::Interrupted => return Ok(()),
-                            };
-                            continue;
-                        }
+            let in_flight = sent.as_mut().map(|sent| &mut sent.in_flight);
+            let (mut batch, group) =
+                match collect(&self.consumer, &self.settings, next, in_flight, shutdown).await? {
+                    Collected::Batch(batch, group) => (batch, group),
+                    Collected::Shutdown => return self.finish(sent, shutdown).await,
+                    Collected::Delivered(partial, joined) => {
+                        let pending = sent.take().expect("a delivery was in flight").pending;
+                        next = match self.settle(pending, *joined, shutdown).await? {
+                            Settled::Committed => partial,
+                            Settled::Redone { batch, carried } => {
+                                self.assigned(Batch::after(batch.carry(&carried), partial))?
+                            }
+                            Settled::Interrupted => return Ok(()),
+                        };
+                        continue;
                     }
-                }
-            };
+                };
             // Records carried from the batch in delivery go on from what its commit says was
-            // delivered of them: it must have ended. (A batch decided ahead follows one that
-            // carried nothing.)
+            // delivered of them: it must have ended.
             if sent.as_ref().is_some_and(|sent| sent.pending.carries)
                 && let Some(Sent { in_flight, pending }) = sent.take()
             {
@@ -460,47 +394,24 @@ impl Stages {
                     Settled::Redone {
                         batch: previous,
                         carried,
-                    } => {
-                        batch = self.assigned(Batch::after(previous.carry(&carried), batch))?;
-                        decided = None;
-                    }
+                    } => batch = self.assigned(Batch::after(previous.carry(&carried), batch))?,
                     Settled::Interrupted => return Ok(()),
                 }
             }
 
-            // The records already waiting after this batch. Taking them may revoke partitions,
-            // whose records leave this batch too: nothing of it is written yet.
-            let mut ahead = Batch::empty();
-            let revoked = take_waiting(&self.consumer, &self.settings, &mut ahead)?;
-            if batch.drop_revoked(&revoked) {
-                decided = None;
-            }
-            if batch.events.is_empty() {
-                next = ahead;
-                continue;
-            }
-            // Taken after the last poll of the consumer, it names the generation that owns every
-            // record of the batch (see `rebalance`).
-            let group = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
-
             self.progress.batch_started();
-            let span = self.batch_span(&batch);
-            // A whole batch waiting is decided while this one is stored.
-            let full = ahead.events.len() >= self.settings.batch_max_events;
-            let ahead_span = full.then(|| self.batch_span(&ahead));
+            // Every line logged while the batch is in work says which records it holds and which
+            // guest decides them.
+            let span = tracing::info_span!(
+                "batch",
+                input = %describe_ranges(&batch.ranges()),
+                guest = %self.transformer.identity().version,
+            );
             let stored = self
-                .decide_and_store(
-                    &batch,
-                    decided,
-                    ahead_span.map(|span| (&ahead, span)),
-                    shutdown,
-                )
+                .decide_and_store(&batch, shutdown)
                 .instrument(span.clone())
                 .await?;
-            let Some((stored, ahead_decided)) = stored else {
+            let Some(stored) = stored else {
                 return self.finish(sent, shutdown).await;
             };
             if let Some(Sent { in_flight, pending }) = sent.take() {
@@ -518,27 +429,9 @@ impl Stages {
                 // The stored batch is in work until its delivery is settled.
                 self.progress.batch_started();
             }
-            if full && stored.carried.is_empty() {
-                upcoming = Some(Upcoming {
-                    batch: ahead,
-                    decided: ahead_decided,
-                });
-                next = Batch::empty();
-            } else {
-                next = Batch::after(batch.carry(&stored.carried), ahead);
-            }
+            next = batch.carry(&stored.carried);
             sent = Some(self.hand_over(batch, stored, group, span, shutdown));
         }
-    }
-
-    /// Every line logged while a batch is in work says which records it holds and which guest
-    /// decides them.
-    fn batch_span(&self, batch: &Batch) -> tracing::Span {
-        tracing::info_span!(
-            "batch",
-            input = %describe_ranges(&batch.ranges()),
-            guest = %self.decider.transformer.identity().version,
-        )
     }
 
     /// Hands a stored batch to the deliver stage.
@@ -594,74 +487,60 @@ impl Stages {
         Ok(())
     }
 
-    /// Decides and stores one batch, starting from `decided` when it was decided ahead. With
-    /// `ahead`, the batch after it is decided while this one is stored, unless this one carries
-    /// records into it; that decision is returned beside the stored batch. `None` when shutdown
-    /// interrupted it.
+    /// Decides and stores one batch. `None` when shutdown interrupted it.
     async fn decide_and_store(
         &mut self,
         batch: &Batch,
-        mut decided: Option<Decided>,
-        mut ahead: Option<(&Batch, tracing::Span)>,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<(Stored, Option<Decided>)>> {
-        let mut collected = Instant::now();
-        let mut ahead_decided = None;
+    ) -> anyhow::Result<Option<Stored>> {
+        let collected = Instant::now();
         let mut backoff = self.retry.backoff();
         loop {
-            let decided_ahead = decided.is_some();
-            let decided = match decided.take() {
-                Some(decided) => {
-                    collected = decided.began;
-                    decided
-                }
-                None => match self.decider.decide(batch).await {
-                    Ok(decided) => decided,
-                    Err(DecideError::Recall(error)) => {
-                        if !self
-                            .retry
-                            .after("postgres", &error, &mut backoff, shutdown)
-                            .await?
-                        {
-                            return Ok(None);
-                        }
-                        continue;
+            // Decide: what earlier attempts stored is recalled, the rest goes to the guest.
+            let recalled = match recall(
+                &mut self.postgres,
+                &self.consumer,
+                &self.input_topic,
+                self.settings.kafka_timeout,
+                batch,
+            )
+            .await
+            {
+                Ok(recalled) => recalled,
+                Err(error) => {
+                    if !self.retry_postgres(&error, &mut backoff, shutdown).await? {
+                        return Ok(None);
                     }
-                    Err(DecideError::Transform(error)) => return Err(error.into()),
-                },
+                    continue;
+                }
             };
-            let planning = Instant::now();
-            let steps = decided.steps(batch);
-            let inputs = decided.inputs(&steps);
-            let guest = &decided.guest;
+            let steps = recalled.steps(&batch.positions);
+            let now = self.clock.now_epoch_seconds();
+            let fresh = guest_input(&batch.events, &steps);
+            let budget = remaining_budget(self.settings.budget, &steps);
+            let transformer = &mut self.transformer;
+            let outcomes =
+                tokio::task::block_in_place(|| transformer.transform_batch(now, &fresh, budget))?;
+            let guest = self.transformer.identity().clone();
+            let inputs = plan::inputs(&steps, &outcomes, now);
             let plan = plan::plan(
                 &batch.events,
                 &batch.positions,
                 &inputs,
-                guest,
+                &guest,
                 self.settings.limits,
             );
             anyhow::ensure!(
                 !plan.records.is_empty(),
                 "the guest deferred every event of a batch: it does not honour the budget"
             );
-            let storing = Instant::now();
+            let decided = Instant::now();
 
             // Store: the new decisions are taken for good.
             let candidates: Vec<&Candidate<'_>> = plan.candidates().collect();
             let forgets = self.forgetting.due();
             let written = match self.postgres.client().await {
-                Ok(client) => {
-                    let stored = store(client, &self.input_topic, &candidates, guest, &forgets);
-                    match ahead.take().filter(|_| plan.carried.is_empty()) {
-                        Some((next, span)) => {
-                            let (written, next_decided) = self.decider.ahead(next, span, stored);
-                            ahead_decided = next_decided;
-                            written
-                        }
-                        None => stored.await,
-                    }
-                }
+                Ok(client) => store(client, &self.input_topic, &candidates, &guest, &forgets).await,
                 Err(error) => Err(error),
             };
             let written = match written {
@@ -678,26 +557,21 @@ impl Stages {
                 }
             };
             self.forgetting.forgotten(&forgets);
-            if decided_ahead {
-                self.metrics.batches_decided_ahead.inc();
-            }
             let stored = Instant::now();
             crate::crash_point!("between-commits");
 
             let decisions = merge(&plan, written.decisions);
-            let stored = Stored {
+            return Ok(Some(Stored {
                 decisions: Packed::new(&decisions),
                 commits: plan.commits.clone(),
                 carried: plan.carried.clone(),
-                tally: Tally::of(batch, &plan, &decisions, written.rows_inserted, guest),
+                tally: Tally::of(batch, &plan, &decisions, written.rows_inserted, &guest),
                 times: StageTimes {
                     collected,
-                    deciding: (decided.ended - decided.began) + (storing - planning),
-                    storing: stored - storing,
+                    decided,
                     stored,
                 },
-            };
-            return Ok(Some((stored, ahead_decided)));
+            }));
         }
     }
 
@@ -748,8 +622,8 @@ impl Stages {
             }
             let Outbox { batch, group, .. } = outbox;
             self.progress.batch_started();
-            let Some((stored, _)) = self
-                .decide_and_store(&batch, None, None, shutdown)
+            let Some(stored) = self
+                .decide_and_store(&batch, shutdown)
                 .instrument(span.clone())
                 .await?
             else {
@@ -883,8 +757,8 @@ impl Stages {
                 "collect",
                 times.collected.saturating_duration_since(first_received),
             ),
-            ("decide", times.deciding),
-            ("postgres", times.storing),
+            ("decide", times.decided - times.collected),
+            ("postgres", times.stored - times.decided),
             ("kafka", delivered - delivery_started),
         ];
         for (stage, time) in stages {
@@ -924,6 +798,146 @@ impl Stages {
             // Logged and counted by the reloader; the next batch uses the restored guest.
             let _ = self.reloader.rollback(&trigger).instrument(span).await;
         }
+    }
+}
+
+/// The decisions stored for records of `batch` by earlier attempts, and, for the records stored
+/// in parts, how many parts Kafka has committed.
+async fn recall(
+    postgres: &mut Postgres,
+    consumer: &GroupConsumer,
+    topic: &str,
+    timeout: Duration,
+    batch: &Batch,
+) -> Result<Recalled, SinkError> {
+    let client = postgres.client().await?;
+    let stored = postgres::recall(client, topic, &batch.ranges()).await?;
+    let in_batch: std::collections::HashSet<&Position> = batch.positions.iter().collect();
+    let mut parts: HashMap<Position, Vec<StoredDecision>> = HashMap::new();
+    for decision in stored {
+        if in_batch.contains(&decision.source) {
+            parts.entry(decision.source).or_default().push(decision);
+        }
+    }
+    let in_parts: std::collections::BTreeSet<i32> = parts
+        .values()
+        .flatten()
+        .filter(|decision| decision.part > 0 || decision.continue_after.is_some())
+        .map(|decision| decision.source.partition)
+        .collect();
+    let committed = if in_parts.is_empty() {
+        BTreeMap::new()
+    } else {
+        committed(consumer, topic, timeout, &in_parts)?
+    };
+    // Only the parts to send again need their messages.
+    let mut recalled = Recalled { parts, committed };
+    let resend: std::collections::HashSet<(Position, u32)> = recalled
+        .steps(&batch.positions)
+        .iter()
+        .filter_map(|step| match step {
+            Step::Resend(stored) => Some((stored.source, stored.part)),
+            Step::Decide { .. } => None,
+        })
+        .collect();
+    let mut to_read: Vec<&mut StoredDecision> = recalled
+        .parts
+        .values_mut()
+        .flatten()
+        .filter(|stored| resend.contains(&(stored.source, stored.part)))
+        .collect();
+    postgres::recall_messages(client, topic, &mut to_read).await?;
+    Ok(recalled)
+}
+
+/// The group's committed offsets of `partitions`, from the group coordinator: after a crash or a
+/// rebalance, whoever delivered the last part may have been another host.
+fn committed(
+    consumer: &GroupConsumer,
+    topic: &str,
+    timeout: Duration,
+    partitions: &std::collections::BTreeSet<i32>,
+) -> Result<BTreeMap<i32, Commit>, SinkError> {
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition(topic, partition);
+    }
+    tokio::task::block_in_place(|| consumer.committed_offsets(list, timeout))
+        .map(|committed| kafka::commits_of(&committed))
+        .map_err(|e| SinkError::Retryable(format!("reading the committed offsets: {e}")))
+}
+
+/// What earlier attempts stored for the records of a batch.
+struct Recalled {
+    parts: HashMap<Position, Vec<StoredDecision>>,
+    /// Committed offsets of the partitions with records stored in parts.
+    committed: BTreeMap<i32, Commit>,
+}
+
+impl Recalled {
+    /// What to do with each record.
+    fn steps(&self, positions: &[Position]) -> Vec<Step<'_>> {
+        positions
+            .iter()
+            .map(|position| {
+                let parts = self.parts.get(position).map_or(&[][..], Vec::as_slice);
+                let delivered = self
+                    .committed
+                    .get(&position.partition)
+                    .map_or(0, |commit| commit.parts_delivered_of(position.offset));
+                plan::next_step(parts, delivered)
+            })
+            .collect()
+    }
+}
+
+/// The events the guest decides now, in batch order, each with where its fan-out resumes.
+fn guest_input<'e>(events: &'e [InputEvent], steps: &[Step<'_>]) -> Cow<'e, [InputEvent]> {
+    let from_scratch = |step: &Step<'_>| {
+        matches!(
+            step,
+            Step::Decide {
+                part: 0,
+                resume: None
+            }
+        )
+    };
+    if steps.iter().all(from_scratch) {
+        return Cow::Borrowed(events);
+    }
+    events
+        .iter()
+        .zip(steps)
+        .filter_map(|(event, step)| match step {
+            Step::Resend(_) => None,
+            Step::Decide { resume, .. } => Some(InputEvent {
+                resume: resume.clone(),
+                ..event.clone()
+            }),
+        })
+        .collect()
+}
+
+/// The batch's budget less what the parts resent as stored take of it.
+fn remaining_budget(budget: Budget, steps: &[Step<'_>]) -> Budget {
+    let (outputs, bytes) = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Resend(stored) => Some(stored),
+            Step::Decide { .. } => None,
+        })
+        .fold((0u64, 0u64), |(outputs, bytes), stored| {
+            let size: usize = stored
+                .keys
+                .iter()
+                .chain(&stored.values)
+                .map(String::len)
+                .sum();
+            (outputs + stored.keys.len() as u64, bytes + size as u64)
+        });
+    Budget {
+        outputs: u32::try_from(u64::from(budget.outputs).saturating_sub(outputs)).unwrap_or(0),
+        bytes: budget.bytes.saturating_sub(bytes),
     }
 }
 
@@ -989,8 +1003,8 @@ fn merge<'a>(plan: &Plan<'a>, stored: Vec<Decision<'a>>) -> Vec<Decision<'a>> {
 
 /// What [`collect`] ended with.
 enum Collected {
-    /// A batch.
-    Batch(Batch),
+    /// A batch, with the group metadata to commit it with.
+    Batch(Batch, ConsumerGroupMetadata),
     /// The delivery in flight ended first: the records collected so far, to go on with once it
     /// is settled.
     Delivered(Batch, Box<Result<Done, tokio::task::JoinError>>),
@@ -999,8 +1013,8 @@ enum Collected {
 }
 
 /// Collects up to `batch_max_events` records, `pending` first, waiting at most `batch_linger`
-/// after the first; or returns what it has as soon as the delivery `in_flight` ends, so that the
-/// delivery is settled without waiting for records.
+/// after the first, and the group metadata to commit them with; or returns what it has as soon
+/// as the delivery `in_flight` ends, so that the delivery is settled without waiting for records.
 ///
 /// Records of partitions revoked meanwhile are dropped (see [`rebalance`]), carried ones
 /// included. Consumer errors are logged and consumption goes on (librdkafka reconnects by itself,
@@ -1032,67 +1046,57 @@ async fn collect(
             _ = sleep_until(deadline) => None,
             received = consumer.recv() => Some(received),
         };
+        // The rebalance callbacks run inside `recv`, before it returns a message: what was
+        // revoked is dropped from the records received before, while the message `recv` returns
+        // now comes from the assignment in force (librdkafka discards what it fetched for the
+        // old one). Dropping that message too would lose it: the new assignment goes on after it.
+        let revoked = consumer.context().take_revoked();
+        if revoked != rebalance::Revoked::Nothing {
+            let before = batch.events.len();
+            batch.retain_partitions(|partition| !revoked.contains(partition));
+            if batch.events.len() < before {
+                tracing::info!(
+                    dropped = before - batch.events.len(),
+                    "records of revoked partitions dropped from the batch"
+                );
+            }
+        }
         let Some(received) = received else {
-            batch.drop_revoked(&consumer.context().take_revoked());
             if batch.events.is_empty() {
                 deadline = None;
                 continue;
             }
             break;
         };
-        if batch.events.is_empty() {
-            deadline = Some(tokio::time::Instant::now() + settings.batch_linger);
+        match received {
+            Ok(message) => {
+                if batch.events.is_empty() {
+                    batch.first_received = Instant::now();
+                    deadline = Some(tokio::time::Instant::now() + settings.batch_linger);
+                }
+                batch.events.push(InputEvent {
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    resume: None,
+                });
+                batch.positions.push(Position {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                });
+            }
+            Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
+                anyhow::bail!("Kafka consumer: {error}")
+            }
+            Err(error) => tracing::warn!(%error, "consumer error"),
         }
-        take(consumer, &mut batch, received)?;
         if batch.events.is_empty() {
             deadline = None;
         }
     }
-    Ok(Collected::Batch(batch))
-}
-
-/// Takes into `batch` what the consumer holds already, without waiting, until `batch` is full.
-/// Returns what was revoked meanwhile, which the caller also drops from the batches it has not
-/// written yet.
-fn take_waiting(
-    consumer: &GroupConsumer,
-    settings: &Settings,
-    batch: &mut Batch,
-) -> anyhow::Result<Revoked> {
-    let mut revoked = Revoked::Nothing;
-    while batch.events.len() < settings.batch_max_events {
-        // `None` also when `recv` served an event other than a message, e.g. a rebalance.
-        let received = consumer.recv().now_or_never();
-        let newly = consumer.context().take_revoked();
-        batch.drop_revoked(&newly);
-        revoked.absorb(newly);
-        let Some(received) = received else { break };
-        take(consumer, batch, received)?;
-    }
-    Ok(revoked)
-}
-
-/// Takes what `recv` returned into `batch`, after dropping the records of partitions revoked by
-/// the rebalance callbacks that ran inside that `recv`.
-///
-/// The callbacks run before `recv` returns a message: what they revoked is dropped from the
-/// records received before, while the message `recv` returns comes from the assignment in force
-/// (librdkafka discards what it fetched for the old one). Dropping that message too would lose
-/// it: the new assignment goes on after it.
-fn take(
-    consumer: &GroupConsumer,
-    batch: &mut Batch,
-    received: Result<BorrowedMessage<'_>, KafkaError>,
-) -> anyhow::Result<()> {
-    batch.drop_revoked(&consumer.context().take_revoked());
-    match received {
-        Ok(message) => batch.push(&message),
-        Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
-            anyhow::bail!("Kafka consumer: {error}")
-        }
-        Err(error) => tracing::warn!(%error, "consumer error"),
-    }
-    Ok(())
+    let group = consumer
+        .group_metadata()
+        .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
+    Ok(Collected::Batch(batch, group))
 }
 
 /// The end of the delivery in flight; never, without one.

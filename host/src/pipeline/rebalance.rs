@@ -1,12 +1,10 @@
 //! What the consumer group's rebalances mean for the batch being collected.
 //!
 //! librdkafka runs the rebalance callbacks inside the consumer's poll, which the pipeline calls
-//! only while it collects a batch and then takes the records already waiting after it: a
-//! partition can therefore be revoked only while nothing of either batch has been written. The
-//! records of a revoked partition received before the revocation are dropped from both before the
-//! batch is closed (they belong to the partition's next owner, who reads them from the committed
-//! offsets; the same host, when the partition comes back to it); a batch decided ahead that loses
-//! records is decided again.
+//! only while it collects a batch: a partition can therefore be revoked only while nothing of the
+//! batch has been written. The records of a revoked partition received before the revocation are
+//! dropped from that batch before the batch is closed (they belong to the partition's next owner,
+//! who reads them from the committed offsets; the same host, when the partition comes back to it).
 //! The message that the `recv` running the callbacks returns is kept: it comes from the new
 //! assignment, which goes on after it (`tests/multihost.rs` lost it when it was dropped too). The
 //! group metadata the batch commits with is taken after that, so it names the generation that
@@ -80,15 +78,6 @@ impl Revoked {
             Revoked::Nothing => false,
             Revoked::Partitions(partitions) => partitions.contains(&partition),
             Revoked::Everything => true,
-        }
-    }
-
-    /// Adds what `other` revoked.
-    pub fn absorb(&mut self, other: Revoked) {
-        match other {
-            Revoked::Nothing => {}
-            Revoked::Partitions(partitions) => self.add(partitions),
-            Revoked::Everything => *self = Revoked::Everything,
         }
     }
 
