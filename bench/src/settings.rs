@@ -87,12 +87,19 @@ impl Settings {
                 let wanted = list
                     .split(',')
                     .map(|item| item.trim().parse::<usize>())
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<std::collections::BTreeSet<usize>, _>>()
                     .map_err(|e| anyhow::anyhow!("BENCH_FAN_OUTS={list}: {e}"))?;
-                fan_outs
+                let known: Vec<String> = fan_outs.iter().map(|p| p.fan_out.to_string()).collect();
+                let chosen: Vec<FanOut> = fan_outs
                     .into_iter()
                     .filter(|phase| wanted.contains(&phase.fan_out))
-                    .collect()
+                    .collect();
+                anyhow::ensure!(
+                    chosen.len() == wanted.len(),
+                    "BENCH_FAN_OUTS={list}: the bench has fan-outs {} only",
+                    known.join(", ")
+                );
+                chosen
             }
             Err(_) => fan_outs,
         };
