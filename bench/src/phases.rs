@@ -125,6 +125,10 @@ pub mod names {
     pub fn outputs(fan_out: usize) -> String {
         format!("fan-out {fan_out}: output messages/s")
     }
+    /// A batch's average time in `stage` ("deciding", "storing", "the Kafka transaction").
+    pub fn per_batch(fan_out: usize, stage: &str) -> String {
+        format!("fan-out {fan_out}: per batch, {stage}")
+    }
     /// The rate that deciding and storing, one batch after another, allow.
     pub fn serial_rate(fan_out: usize) -> String {
         format!("fan-out {fan_out}: rate deciding and storing allow")
@@ -438,7 +442,7 @@ impl Bench<'_> {
                 ] {
                     r.record(
                         "stages",
-                        &format!("fan-out {name}: per batch, {stage}"),
+                        &names::per_batch(name, stage),
                         "ms",
                         seconds * 1e3,
                         &how,

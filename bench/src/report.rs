@@ -171,7 +171,7 @@ fn targets(results: &Results, settings: &Settings) -> String {
             rows10.map_or("–".into(), |rate| format!("{:.0} %", rate / cap * 100.0)),
         )
     });
-    let stage = |stage: &str| get(&format!("fan-out 10: per batch, {stage}"));
+    let stage = |stage: &str| get(&names::per_batch(10, stage));
     let serial_limit = match (
         stage("deciding"),
         stage("storing"),
