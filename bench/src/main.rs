@@ -16,6 +16,7 @@
 mod ceilings;
 mod cpu;
 mod generator;
+mod pagecache;
 mod phases;
 mod plot;
 mod png;

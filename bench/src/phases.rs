@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::ceilings;
 use crate::cpu::{proc_usage, tree};
 use crate::generator::Generator;
+use crate::pagecache;
 use crate::reader::Reader;
 use crate::service::{Deployment, Sample, Service};
 use crate::settings::Settings;
@@ -686,7 +687,21 @@ impl Bench<'_> {
     ) -> Result<()> {
         let phase_tag = format!("{tag}-{phase}");
         let count = (rate * seconds).round().max(1.0) as u64;
-        println!("bench: run {run}: latency, {label}, {seconds} s");
+        // What the phases before left dirty is written back first (see `pagecache`).
+        let written_back = pagecache::write_back()?;
+        self.results.record(
+            "latency",
+            &format!("{label}: page cache written back before the phase"),
+            "MB",
+            written_back.dirty_bytes as f64 / 1e6,
+            "`Dirty:` in /proc/meminfo, then `sync`, before the phase's first event",
+        );
+        println!(
+            "bench: run {run}: latency, {label}, {seconds} s (after writing back {:.0} MB in \
+             {:.1} s)",
+            written_back.dirty_bytes as f64 / 1e6,
+            written_back.took.as_secs_f64()
+        );
         let from = high_watermarks(self.stack, &deployment.output)?;
         let reader = Reader::start(
             self.stack,

@@ -151,7 +151,7 @@ fn defaults_fill_everything_optional() {
         config.pipeline,
         PipelineConfig {
             batch_max_events: 2000,
-            batch_linger: Duration::from_millis(5),
+            batch_linger: Duration::from_millis(1),
             sink_retry_initial_backoff: Duration::from_millis(100),
             sink_retry_max_backoff: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
