@@ -134,6 +134,14 @@ pub mod names {
     pub fn serial_rate(fan_out: usize) -> String {
         format!("fan-out {fan_out}: rate deciding and storing allow")
     }
+    /// The cores `who` kept busy during the latency phase `label`.
+    pub fn busy(label: &str, who: &str) -> String {
+        format!("{label}: cores busy, {who}")
+    }
+    /// A batch's average Kafka transaction during the latency phase `label`.
+    pub fn latency_batch_kafka(label: &str) -> String {
+        format!("{label}: per batch, the Kafka transaction")
+    }
     pub fn cache_load(subscriptions: u64) -> String {
         format!("{subscriptions} subscriptions: cache load (the service's log)")
     }
@@ -477,6 +485,7 @@ impl Bench<'_> {
             s.latency_rate,
             s.latency_seconds,
         )?;
+        self.record_busy(&label, &service);
         if let Some((_, w)) = ratios.iter().find(|(f, _)| *f == 10) {
             let rate = (w.outputs_per_s / 10.0 * s.saturation_fraction).max(1.0);
             let label = format!(
@@ -505,6 +514,47 @@ impl Bench<'_> {
             .extend(service.samples().into_iter().map(|sample| (run, sample)));
         service.stop();
         Ok(())
+    }
+
+    /// Who kept the cores busy during the latency phase just ended (`label`), and how long its
+    /// batches spent in each stage: what the latency competes with.
+    fn record_busy(&mut self, label: &str, service: &Service) {
+        let Some(span) = self.results.spans.last() else {
+            return;
+        };
+        let Some(busy) = stats::busy(&service.samples(), span.start, span.end) else {
+            return;
+        };
+        let how = "CPU seconds per second (1 = one core busy), between the phase's first and \
+                   last samples of /proc (every 100 ms)";
+        let r = &mut self.results;
+        for (who, cores) in [
+            ("the host", busy.host),
+            ("the Kafka broker", busy.kafka),
+            ("PostgreSQL", busy.pg),
+            ("the bench's own clients", busy.bench),
+        ] {
+            if cores.is_finite() {
+                r.record("latency", &names::busy(label, who), "cores", cores, how);
+            }
+        }
+        if let Some(batch) = busy.per_batch {
+            let how = "the service's campaign_push_stage_seconds over the phase, per batch";
+            r.record(
+                "latency",
+                &format!("{label}: outputs per batch"),
+                "outputs",
+                batch.outputs,
+                how,
+            );
+            r.record(
+                "latency",
+                &names::latency_batch_kafka(label),
+                "ms",
+                batch.deliver * 1e3,
+                how,
+            );
+        }
     }
 
     /// The same throughput phases (fan-outs 10 and 100) with the transform compiled into the host

@@ -150,10 +150,8 @@ fn targets(results: &Results, settings: &Settings) -> String {
     let rows10 = get(&names::outputs(10))
         .zip(get("fan-out 10: feedback rows/s"))
         .map(|(a, b)| a.min(b));
-    let latency = format!(
-        "{} events/s × fan-out 10: due → all outputs visible, p99",
-        settings.latency_rate
-    );
+    let latency_label = format!("{} events/s × fan-out 10", settings.latency_rate);
+    let latency = format!("{latency_label}: due → all outputs visible, p99");
     let big = settings.cache_sizes.iter().copied().max().unwrap_or(0);
     let ready0 = get("0 subscriptions: start → ready");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -190,7 +188,7 @@ fn targets(results: &Results, settings: &Settings) -> String {
         _ => String::new(),
     };
     let rate_limit = format!("{rate_limit}{serial_limit}");
-    let latency_limit =
+    let latency_floor =
         get("Kafka alone: one small transaction, p99").map_or("not measured".into(), |floor| {
             format!(
                 "Kafka alone: one small transaction, p99 {} ms; no batch is visible before its \
@@ -198,6 +196,27 @@ fn targets(results: &Results, settings: &Settings) -> String {
                 format_value(floor, "ms")
             )
         });
+    let busy = |who: &str| get(&names::busy(&latency_label, who));
+    let latency_busy = match (
+        busy("the host"),
+        busy("the Kafka broker"),
+        busy("PostgreSQL"),
+        busy("the bench's own clients"),
+        get(&names::latency_batch_kafka(&latency_label)),
+    ) {
+        (Some(host), Some(kafka), Some(pg), Some(bench), Some(transaction)) => format!(
+            "; in the phase a batch's Kafka transaction took {} ms on average, while the broker \
+             kept {} of the {cores} cores busy, the host {}, PostgreSQL {} and the bench's \
+             generator and reader {}",
+            format_value(transaction, "ms"),
+            format_value(kafka, "cores"),
+            format_value(host, "cores"),
+            format_value(pg, "cores"),
+            format_value(bench, "cores"),
+        ),
+        _ => String::new(),
+    };
+    let latency_limit = format!("{latency_floor}{latency_busy}");
     let mut out =
         String::from("| target | this run | what bounds it (this run) |\n|---|---|---|\n");
     let mut row = |target: &str, value: String, limit: &str| {

@@ -113,6 +113,37 @@ impl PerBatch {
     }
 }
 
+/// Who kept the cores busy over a stretch of time, in cores (CPU seconds per second; NaN: not
+/// sampled), and the batches committed in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Busy {
+    pub host: f64,
+    pub kafka: f64,
+    pub pg: f64,
+    pub bench: f64,
+    pub per_batch: Option<PerBatch>,
+}
+
+/// [`Busy`] between the first and the last of `samples` (in time order) within `start..=end`;
+/// `None` with fewer than two there.
+pub fn busy(samples: &[Sample], start: f64, end: f64) -> Option<Busy> {
+    let mut inside = samples.iter().filter(|s| s.t >= start && s.t <= end);
+    let first = inside.next()?;
+    let last = inside.next_back()?;
+    let dt = last.t - first.t;
+    if dt <= 0.0 {
+        return None;
+    }
+    let cores = |cpu: fn(&Sample) -> f64| (cpu(last) - cpu(first)) / dt;
+    Some(Busy {
+        host: cores(|s| s.cpu),
+        kafka: cores(|s| s.kafka_cpu),
+        pg: cores(|s| s.pg_cpu),
+        bench: cores(|s| s.bench_cpu),
+        per_batch: PerBatch::between(first, last),
+    })
+}
+
 /// The rate of a counter between the samples where it first reached 10 % and 90 % of
 /// `expected`, with the samples' own values and times: the counters step once per batch, so
 /// interpolating between samples would invent times inside a batch. `None` when both points fall
@@ -172,6 +203,26 @@ mod tests {
             rss: 1,
             ..Sample::default()
         }
+    }
+
+    #[test]
+    fn busy_cores_are_taken_between_the_stretch_s_first_and_last_samples() {
+        // The host burns half a core and the broker 0.8 from t = 0 on; only t = 2..=6 counts.
+        let samples: Vec<Sample> = (0..=8)
+            .map(|t| Sample {
+                kafka_cpu: 0.8 * f64::from(t),
+                ..sample(f64::from(t), 0.0, 0.5 * f64::from(t))
+            })
+            .collect();
+        let b = busy(&samples, 1.5, 6.0).unwrap();
+        assert!((b.host - 0.5).abs() < 1e-9, "{b:?}");
+        assert!((b.kafka - 0.8).abs() < 1e-9, "{b:?}");
+        assert_eq!(b.pg, 0.0);
+        assert!(b.per_batch.is_none(), "no batch committed");
+        assert!(
+            busy(&samples, 2.5, 3.5).is_none(),
+            "one sample is no stretch"
+        );
     }
 
     #[test]
