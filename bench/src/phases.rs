@@ -134,7 +134,14 @@ pub mod names {
     pub fn serial_rate(fan_out: usize) -> String {
         format!("fan-out {fan_out}: rate deciding and storing allow")
     }
-    /// The cores `who` kept busy during the latency phase `label`.
+    /// Who [`busy`] names, in the order of [`crate::stats::Busy`]'s host, kafka, pg and bench.
+    pub const BUSY: [&str; 4] = [
+        "the host",
+        "the Kafka broker",
+        "PostgreSQL",
+        "the bench's own clients",
+    ];
+    /// The cores `who` (one of [`BUSY`]) kept busy during the latency phase `label`.
     pub fn busy(label: &str, who: &str) -> String {
         format!("{label}: cores busy, {who}")
     }
@@ -475,7 +482,7 @@ impl Bench<'_> {
 
         let f10 = layout.group(10).context("fan-out 10 is always measured")?;
         let label = format!("{} events/s × fan-out 10", s.latency_rate);
-        self.latency(
+        let offered = self.latency(
             run,
             &tag,
             "offered",
@@ -485,7 +492,7 @@ impl Bench<'_> {
             s.latency_rate,
             s.latency_seconds,
         )?;
-        self.record_busy(&label, &service);
+        self.record_busy(&label, &service, &offered);
         if let Some((_, w)) = ratios.iter().find(|(f, _)| *f == 10) {
             let rate = (w.outputs_per_s / 10.0 * s.saturation_fraction).max(1.0);
             let label = format!(
@@ -516,24 +523,17 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Who kept the cores busy during the latency phase just ended (`label`), and how long its
+    /// Who kept the cores busy during the latency phase `label` (over `span`), and how long its
     /// batches spent in each stage: what the latency competes with.
-    fn record_busy(&mut self, label: &str, service: &Service) {
-        let Some(span) = self.results.spans.last() else {
-            return;
-        };
+    fn record_busy(&mut self, label: &str, service: &Service, span: &Span) {
         let Some(busy) = stats::busy(&service.samples(), span.start, span.end) else {
             return;
         };
         let how = "CPU seconds per second (1 = one core busy), between the phase's first and \
                    last samples of /proc (every 100 ms)";
         let r = &mut self.results;
-        for (who, cores) in [
-            ("the host", busy.host),
-            ("the Kafka broker", busy.kafka),
-            ("PostgreSQL", busy.pg),
-            ("the bench's own clients", busy.bench),
-        ] {
+        let cores = [busy.host, busy.kafka, busy.pg, busy.bench];
+        for (who, cores) in names::BUSY.into_iter().zip(cores) {
             if cores.is_finite() {
                 r.record("latency", &names::busy(label, who), "cores", cores, how);
             }
@@ -722,7 +722,8 @@ impl Bench<'_> {
     }
 
     /// Events offered at `rate` per second for `seconds`, each due at its scheduled time; the
-    /// time from due to its last output visible to a `read_committed` reader.
+    /// time from due to its last output visible to a `read_committed` reader. Returns the
+    /// phase's span.
     #[allow(clippy::too_many_arguments)]
     fn latency(
         &mut self,
@@ -734,22 +735,22 @@ impl Bench<'_> {
         group: Group,
         rate: f64,
         seconds: f64,
-    ) -> Result<()> {
+    ) -> Result<Span> {
         let phase_tag = format!("{tag}-{phase}");
         let count = (rate * seconds).round().max(1.0) as u64;
         // What the phases before left dirty is written back first (see `pagecache`).
         let written_back = pagecache::write_back()?;
+        let dirty_mb = written_back.dirty_bytes as f64 / 1e6;
         self.results.record(
             "latency",
             &format!("{label}: page cache written back before the phase"),
             "MB",
-            written_back.dirty_bytes as f64 / 1e6,
+            dirty_mb,
             "`Dirty:` in /proc/meminfo, then `sync`, before the phase's first event",
         );
         println!(
-            "bench: run {run}: latency, {label}, {seconds} s (after writing back {:.0} MB in \
-             {:.1} s)",
-            written_back.dirty_bytes as f64 / 1e6,
+            "bench: run {run}: latency, {label}, {seconds} s (after writing back {dirty_mb:.0} MB \
+             in {:.1} s)",
             written_back.took.as_secs_f64()
         );
         let from = high_watermarks(self.stack, &deployment.output)?;
@@ -775,12 +776,13 @@ impl Bench<'_> {
         })?;
         let seen = reader.finish(Duration::from_secs(120))?;
         let end = self.epoch.elapsed().as_secs_f64();
-        self.results.spans.push(Span {
+        let span = Span {
             run,
             phase: format!("{phase}: {rate:.0} events/s"),
             start: t0,
             end,
-        });
+        };
+        self.results.spans.push(span.clone());
 
         let first = (count as f64 * LATENCY_WARM_UP) as u64;
         let mut visible = Vec::new();
@@ -855,7 +857,7 @@ impl Bench<'_> {
                 &how,
             );
         }
-        Ok(())
+        Ok(span)
     }
 
     /// A deployment on topics, group and transactional id of its own, named after `tag`.

@@ -196,12 +196,12 @@ fn targets(results: &Results, settings: &Settings) -> String {
                 format_value(floor, "ms")
             )
         });
-    let busy = |who: &str| get(&names::busy(&latency_label, who));
+    let [host, kafka, pg, bench] = names::BUSY.map(|who| get(&names::busy(&latency_label, who)));
     let latency_busy = match (
-        busy("the host"),
-        busy("the Kafka broker"),
-        busy("PostgreSQL"),
-        busy("the bench's own clients"),
+        host,
+        kafka,
+        pg,
+        bench,
         get(&names::latency_batch_kafka(&latency_label)),
     ) {
         (Some(host), Some(kafka), Some(pg), Some(bench), Some(transaction)) => format!(
